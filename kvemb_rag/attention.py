@@ -1,0 +1,156 @@
+"""KV re-routing inside attention, through transformers' public attention registry.
+
+This module is the only place that touches transformers internals (house style, point 1). It registers
+one attention function and its mask function under :data:`ATTENTION_NAME`; a model loaded with
+``attn_implementation=ATTENTION_NAME`` calls :func:`kv_reroute_attention` in every attention layer.
+Per-call state travels as the forward keyword :data:`STATE_KWARG` (a :class:`RerouteState`), so there is
+no module-level mutable state: layers not named in the state, and calls without a state, run
+transformers' own SDPA attention unchanged.
+
+At a selected layer (method.md step 2), on the post-RoPE key/value tensors attention would use:
+the key and value of each row's last real token are prepended as one extra slot, visible to every query,
+with a scalar bias on its pre-softmax logit; the original causal + padding mask is kept for the other
+``T`` keys; queries are not extended, so the layer still outputs ``T`` positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+__all__ = [
+    "ATTENTION_NAME",
+    "STATE_KWARG",
+    "RerouteState",
+    "extend_mask",
+    "kv_reroute_attention",
+    "register",
+]
+
+#: Name under which the attention and mask functions are registered (namespaced to this package).
+ATTENTION_NAME = "kvemb_rag_kv"
+#: Forward keyword that carries the per-call :class:`RerouteState`.
+STATE_KWARG = "kvemb_state"
+
+
+@dataclass(frozen=True)
+class RerouteState:
+    """Per-forward-call re-routing state, passed as ``model(..., kvemb_state=state)``.
+
+    Attributes:
+        layers: Decoder-layer indices (``module.layer_idx``) to re-route.
+        last_index: ``(B,)`` long tensor, position of each row's last real (non-pad) token.
+        bias: Scalar added to the extra slot's logit after the 1/sqrt(d) scaling.
+        routed: Filled with the layer indices that actually re-routed (the census).
+    """
+
+    layers: frozenset[int]
+    last_index: torch.Tensor
+    bias: float
+    routed: list[int] = field(default_factory=list)
+    _masks: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+def extend_mask(
+    attention_mask: torch.Tensor | None,
+    batch_size: int,
+    q_len: int,
+    bias: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """Additive mask over ``[extra slot; T keys]``: the bias on the slot, the original mask on the rest.
+
+    Args:
+        attention_mask: The mask the layer received: ``None`` (plain causal, SDPA's ``is_causal`` path),
+            boolean ``(B|1, 1, T, T)`` (True = attend) or additive float ``(B|1, 1, T, T)``.
+        batch_size: ``B``.
+        q_len: ``T``.
+        bias: The slot's logit bias.
+        dtype: Dtype of the returned mask (the query's).
+        device: Device of the returned mask.
+
+    Returns:
+        Float mask ``(B|1, 1, T, T+1)``; never ``None``, because the lengthened keys must not fall back to
+        SDPA's upper-left causal alignment.
+    """
+    neg = torch.finfo(dtype).min
+    if attention_mask is None:
+        allowed = torch.ones(q_len, q_len, dtype=torch.bool, device=device).tril()  # (T, T)
+        body = torch.zeros(q_len, q_len, dtype=dtype, device=device)  # (T, T)
+        body = body.masked_fill(~allowed, neg)  # (T, T)
+        body = body[None, None]  # (1, 1, T, T)
+    elif attention_mask.dtype == torch.bool:
+        body = torch.zeros(attention_mask.shape, dtype=dtype, device=device)  # (B|1, 1, T, T)
+        body = body.masked_fill(~attention_mask.to(device), neg)  # (B|1, 1, T, T)
+    else:
+        body = attention_mask.to(device=device, dtype=dtype)  # (B|1, 1, T, T)
+    rows = body.shape[0]
+    slot = torch.full((rows, 1, q_len, 1), float(bias), dtype=dtype, device=device)  # (B|1, 1, T, 1)
+    return torch.cat([slot, body], dim=-1)  # (B|1, 1, T, T+1)
+
+
+def kv_reroute_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention with the last token's key/value re-routed as an extra prefix slot at selected layers.
+
+    Same signature and return as transformers' attention functions. ``query`` is ``(B, H_q, T, D)``,
+    ``key`` and ``value`` are ``(B, H_kv, T, D)`` (post-RoPE, before GQA expansion); returns
+    ``(B, T, H_q, D)`` and no attention weights.
+    """
+    state = kwargs.pop(STATE_KWARG, None)
+    layer_idx = getattr(module, "layer_idx", None)
+    if not isinstance(state, RerouteState) or layer_idx not in state.layers:
+        sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)  # type: ignore[no-any-return]
+    state.routed.append(layer_idx)
+    B, H_q, T, D = query.shape
+    H_kv = key.shape[1]
+
+    # Last real token of each row, per KV head, as is (post-RoPE, at its own position), method.md step 2.
+    index = state.last_index.to(key.device).view(B, 1, 1, 1).expand(B, H_kv, 1, D)  # (B, H_kv, 1, D)
+    k_last = key.gather(2, index)  # (B, H_kv, 1, D)
+    v_last = value.gather(2, index)  # (B, H_kv, 1, D)
+    key = torch.cat([k_last, key], dim=2)  # (B, H_kv, T+1, D)
+    value = torch.cat([v_last, value], dim=2)  # (B, H_kv, T+1, D)
+
+    # One extended mask per forward call, shared by every selected layer (they get the same input mask).
+    cache_key = (id(attention_mask), T, query.dtype, query.device)
+    mask = state._masks.get(cache_key)
+    if mask is None:
+        mask = extend_mask(attention_mask, B, T, state.bias, query.dtype, query.device)  # (B|1, 1, T, T+1)
+        state._masks[cache_key] = mask
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,  # (B, H_q, T, D)
+        key,  # (B, H_kv, T+1, D)
+        value,  # (B, H_kv, T+1, D)
+        attn_mask=mask,  # (B|1, 1, T, T+1)
+        dropout_p=dropout if module.training else 0.0,
+        scale=scaling,
+        enable_gqa=H_q != H_kv,
+    )  # (B, H_q, T, D)
+    return out.transpose(1, 2).contiguous(), None  # (B, T, H_q, D)
+
+
+def register() -> None:
+    """Register the attention and mask functions with transformers (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, kv_reroute_attention)
+    # Masks arrive as SDPA builds them: None (plain causal, no padding) or boolean (B, 1, T, T).
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+register()

@@ -1,0 +1,177 @@
+"""Configuration of the embedding engine: strategies, templates and validated settings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+Strategy = Literal["kv", "kv-ablation", "last", "mean", "prompteol", "echo"]
+PromptName = Literal["query", "document"]
+Pooling = Literal["hybrid", "last", "mean", "echo"]
+Overflow = Literal["chunk", "truncate", "error"]
+
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+PROMPT_NAMES: tuple[str, ...] = get_args(PromptName)
+OVERFLOW_MODES: tuple[str, ...] = get_args(Overflow)
+
+#: Default token budget per forward pass, prompt included (method.md: robust up to 4,096 tokens).
+DEFAULT_MAX_LENGTH = 4096
+
+# Compression prompts, method.md step 1 (R).
+KV_DOCUMENT_TEMPLATE = "Context: {text}\nCompress the Context in one word:"
+KV_QUERY_TEMPLATE = "Query: {text}\nCompress the Query in one word:"
+# Baselines, method.md "Baselines the paper compares against".
+PROMPTEOL_TEMPLATE = 'This sentence : "{text}" means in one word:"'
+ECHO_TEMPLATE = "Rewrite the sentence: {text}, rewritten sentence: {text}"
+PLAIN_TEMPLATE = "{text}"
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """What a strategy does: its default templates, its pooling, and whether it re-routes."""
+
+    document_template: str
+    query_template: str
+    pooling: Pooling
+    reroute: bool
+
+
+STRATEGY_SPECS: dict[str, StrategySpec] = {
+    "kv": StrategySpec(KV_DOCUMENT_TEMPLATE, KV_QUERY_TEMPLATE, "hybrid", reroute=True),
+    "kv-ablation": StrategySpec(KV_DOCUMENT_TEMPLATE, KV_QUERY_TEMPLATE, "hybrid", reroute=False),
+    "last": StrategySpec(PLAIN_TEMPLATE, PLAIN_TEMPLATE, "last", reroute=False),
+    "mean": StrategySpec(PLAIN_TEMPLATE, PLAIN_TEMPLATE, "mean", reroute=False),
+    "prompteol": StrategySpec(PROMPTEOL_TEMPLATE, PROMPTEOL_TEMPLATE, "last", reroute=False),
+    "echo": StrategySpec(ECHO_TEMPLATE, ECHO_TEMPLATE, "echo", reroute=False),
+}
+
+
+def _check_choice(name: str, value: object, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(repr, valid))}.")
+
+
+def _check_template(side: str, template: str, strategy: str) -> None:
+    if not isinstance(template, str):
+        raise TypeError(f"{side}_template must be a str containing '{{text}}', got {type(template).__name__}.")
+    count = template.count("{text}")
+    needed = 2 if strategy == "echo" else 1
+    if count != needed:
+        raise ValueError(
+            f"{side}_template={template!r} contains '{{text}}' {count} time(s); strategy {strategy!r} needs "
+            f"exactly {needed}. Example: {STRATEGY_SPECS[strategy].document_template!r}."
+        )
+    try:
+        template.replace("{text}", "").format()
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"{side}_template={template!r} has a placeholder other than '{{text}}'; escape literal braces as "
+            "'{{' and '}}'."
+        ) from exc
+
+
+@dataclass(frozen=True)
+class LayerSelectionConfig:
+    """The intrinsic-dimension layer-selection rule (method.md step 4).
+
+    Attributes:
+        skip_fraction: Share of the first layers never selected (R: 0.2).
+        window_fraction: The window after the minimum spans ``floor(window_fraction * L)`` more layers (R: 0.1).
+        num_calibration_texts: How many calibration texts to use (R: 1,000).
+        calibration_batch_size: Batch size of the calibration forward passes.
+    """
+
+    skip_fraction: float = 0.2
+    window_fraction: float = 0.1
+    num_calibration_texts: int = 1000
+    calibration_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.skip_fraction < 1.0:
+            raise ValueError(f"skip_fraction={self.skip_fraction} must be in [0, 1); the method uses 0.2.")
+        if not 0.0 <= self.window_fraction < 1.0:
+            raise ValueError(f"window_fraction={self.window_fraction} must be in [0, 1); the method uses 0.1.")
+        if self.num_calibration_texts < 3:
+            raise ValueError(
+                f"num_calibration_texts={self.num_calibration_texts}: TwoNN needs at least 3 points; "
+                "the method uses 1,000."
+            )
+        if self.calibration_batch_size < 1:
+            raise ValueError(f"calibration_batch_size={self.calibration_batch_size} must be >= 1.")
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Validated settings of a :class:`~kvemb_rag.KVEmbedder` (everything except the loaded model).
+
+    Attributes:
+        model: Hub name or local directory of a decoder-only model.
+        strategy: One of :data:`STRATEGIES`.
+        layers: ``"auto"`` (intrinsic dimension) or explicit 0-based decoder-layer indices to re-route.
+        bias: Scalar added to the re-routed slot's pre-softmax logit, after 1/sqrt(d) scaling (R: 1.0).
+        max_length: Token budget per forward pass, prompt template included; ``None`` means 4,096 or the
+            model's context size if smaller.
+        batch_size: Texts per forward pass.
+        query_template: Template of the query side; ``None`` means the strategy's default.
+        document_template: Template of the document side; ``None`` means the strategy's default.
+        revision: Hub revision (branch, tag or commit) to load.
+        trust_remote_code: Passed to transformers.
+        allow_unverified_architecture: Opt in to model types the test-suite has not verified.
+        cache_dir: Directory of the layer-selection cache; ``None`` means ``$KVEMB_CACHE_DIR`` or
+            ``~/.cache/kvemb-rag``.
+        selection: The layer-selection rule.
+    """
+
+    model: str
+    strategy: str = "kv"
+    layers: str | tuple[int, ...] = "auto"
+    bias: float = 1.0
+    max_length: int | None = None
+    batch_size: int = 16
+    query_template: str | None = None
+    document_template: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    allow_unverified_architecture: bool = False
+    cache_dir: str | None = None
+    selection: LayerSelectionConfig = field(default_factory=LayerSelectionConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model={self.model!r}: give a hub name such as 'Qwen/Qwen3-0.6B' or a local directory.")
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        if isinstance(self.layers, str):
+            if self.layers != "auto":
+                raise ValueError(f"layers={self.layers!r}: use 'auto' or a list of layer indices such as [10, 11, 12].")
+        else:
+            layers = tuple(self.layers)
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+                raise TypeError(f"layers={self.layers!r}: every layer index must be an int.")
+            if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+                raise ValueError(f"layers={self.layers!r}: indices must be distinct and >= 0 (0 = first layer).")
+            object.__setattr__(self, "layers", tuple(sorted(layers)))
+        if not isinstance(self.bias, (int, float)) or not math.isfinite(self.bias):
+            raise ValueError(f"bias={self.bias!r} must be a finite number; the method uses 1.0.")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 8):
+            raise ValueError(f"max_length={self.max_length!r} must be an int >= 8 (tokens, prompt included).")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size!r} must be an int >= 1.")
+        for side in PROMPT_NAMES:
+            template = getattr(self, f"{side}_template")
+            if template is not None:
+                _check_template(side, template, self.strategy)
+
+    @property
+    def spec(self) -> StrategySpec:
+        """The strategy's specification."""
+        return STRATEGY_SPECS[self.strategy]
+
+    def template(self, prompt: str) -> str:
+        """The template used for ``prompt`` ("query" or "document")."""
+        _check_choice("prompt", prompt, PROMPT_NAMES)
+        custom = getattr(self, f"{prompt}_template")
+        if custom is not None:
+            return str(custom)
+        spec = self.spec
+        return spec.query_template if prompt == "query" else spec.document_template

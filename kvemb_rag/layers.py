@@ -1,0 +1,186 @@
+"""Automatic layer selection by intrinsic dimension (method.md step 4).
+
+TwoNN (Facco et al. 2017) estimates the intrinsic dimension (ID) of the last-token states at every layer
+over prompted calibration texts; the re-routed window starts at the layer of minimal ID after the first
+20% of layers and spans ``floor(0.1 L)`` more layers. The result depends only on the model, the
+calibration texts, the template and the rule, so it is cached on disk under that identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kvemb_rag.config import LayerSelectionConfig
+
+__all__ = [
+    "LayerSelection",
+    "cache_directory",
+    "load_cached_selection",
+    "save_cached_selection",
+    "select_window",
+    "selection_cache_key",
+    "twonn_dimension",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the estimator or the hidden states it reads change, to invalidate old cache entries.
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """The outcome of automatic layer selection.
+
+    Attributes:
+        layers: The selected 0-based decoder-layer indices.
+        id_curve: TwoNN intrinsic dimension of the last-token states entering each decoder layer
+            (index ``l`` = the input of layer ``l``, i.e. what layer ``l``'s re-routed key/value are
+            projected from); ``nan`` where it is undefined (fewer than 3 distinct points).
+        num_texts: Number of calibration texts used.
+        from_cache: Whether this selection was read from the disk cache.
+    """
+
+    layers: tuple[int, ...]
+    id_curve: tuple[float, ...]
+    num_texts: int
+    from_cache: bool = False
+
+
+def twonn_dimension(points: np.ndarray | torch.Tensor) -> float:
+    """TwoNN maximum-likelihood intrinsic dimension of a point cloud.
+
+    For each point, ``mu = r2 / r1`` (distances to its second and first nearest neighbours);
+    ``ID = N / sum(log mu)``. Duplicate points (``r1 = 0``) are collapsed first, since a zero distance makes
+    ``mu`` undefined.
+
+    Args:
+        points: ``(N, D)`` array.
+
+    Returns:
+        The estimate, or ``nan`` when fewer than 3 distinct points remain.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(2000, 5)) @ rng.normal(size=(5, 50))
+        >>> round(twonn_dimension(x))
+        5
+    """
+    x = torch.as_tensor(np.asarray(points), dtype=torch.float64)  # (N, D)
+    if x.ndim != 2:
+        raise ValueError(f"points must be 2-D (N, D), got shape {tuple(x.shape)}.")
+    x = torch.unique(x, dim=0)  # (N', D) duplicates collapsed
+    n = x.shape[0]
+    if n < 3:
+        return math.nan
+    dist = torch.cdist(x, x)  # (N', N')
+    dist.fill_diagonal_(math.inf)
+    nearest = dist.topk(2, dim=1, largest=False).values  # (N', 2) ascending
+    r1 = nearest[:, 0]  # (N',)
+    r2 = nearest[:, 1]  # (N',)
+    keep = r1 > 0  # near-duplicates that survived unique() at float64 precision
+    log_mu = torch.log(r2[keep] / r1[keep])  # (N'',)
+    total = float(log_mu.sum())
+    if total <= 0:
+        return math.nan
+    return float(log_mu.numel()) / total
+
+
+def select_window(id_curve: Sequence[float], rule: LayerSelectionConfig | None = None) -> tuple[int, ...]:
+    """Apply the selection rule to a per-layer ID curve.
+
+    Ignore the first ``floor(skip_fraction * L)`` layers, find the layer ``l*`` of minimal ID among the rest
+    (``nan`` never wins), and select ``l*, l*+1, ..., l*+floor(window_fraction * L)``, capped at the last
+    layer. For ``L`` = 32 or 36 that is 4 layers.
+
+    Args:
+        id_curve: ID per layer, length ``L``.
+        rule: The fractions; the method's defaults when ``None``.
+
+    Returns:
+        The selected layer indices, ascending.
+    """
+    rule = rule or LayerSelectionConfig()
+    curve = np.asarray(id_curve, dtype=np.float64)
+    num_layers = curve.shape[0]
+    if num_layers == 0:
+        raise ValueError("id_curve is empty: the model reports no layers.")
+    start = min(math.floor(rule.skip_fraction * num_layers), num_layers - 1)
+    candidates = curve[start:]
+    if np.all(np.isnan(candidates)):
+        raise ValueError(
+            f"The intrinsic dimension is undefined at every candidate layer {start}..{num_layers - 1} (the "
+            "calibration texts gave fewer than 3 distinct last-token states). Pass more varied "
+            "calibration_texts, or explicit layers=[...]."
+        )
+    best = start + int(np.nanargmin(candidates))
+    width = math.floor(rule.window_fraction * num_layers)
+    return tuple(range(best, min(best + width, num_layers - 1) + 1))
+
+
+def cache_directory(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where selections are cached: ``cache_dir``, else ``$KVEMB_CACHE_DIR``, else ``~/.cache/kvemb-rag``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("KVEMB_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "kvemb-rag"
+
+
+def selection_cache_key(
+    fingerprint: str, template: str, texts: Sequence[str], rule: LayerSelectionConfig, dtype: str
+) -> str:
+    """Hash of everything a selection depends on: weights identity, template, texts, rule and dtype."""
+    digest = hashlib.sha256()
+    payload = {"v": _CACHE_VERSION, "model": fingerprint, "template": template, "rule": asdict(rule), "dtype": dtype}
+    digest.update(json.dumps(payload, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:40]
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "layers" / f"{key}.json"
+
+
+def load_cached_selection(cache_dir: Path, key: str) -> LayerSelection | None:
+    """Read a cached selection, or ``None`` when absent or unreadable (then it is recomputed)."""
+    path = _cache_file(cache_dir, key)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        curve = tuple(math.nan if v is None else float(v) for v in data["id_curve"])
+        return LayerSelection(tuple(int(i) for i in data["layers"]), curve, int(data["num_texts"]), from_cache=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("Ignoring unreadable layer-selection cache %s (%s); recomputing.", path, exc)
+        return None
+
+
+def save_cached_selection(cache_dir: Path, key: str, selection: LayerSelection, model: str) -> Path:
+    """Write a selection atomically (temp file + rename) and return its path."""
+    path = _cache_file(cache_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "model": model,
+        "layers": list(selection.layers),
+        "id_curve": [None if math.isnan(v) else v for v in selection.id_curve],
+        "num_texts": selection.num_texts,
+    }
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+    return path
