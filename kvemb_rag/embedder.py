@@ -488,7 +488,8 @@ class KVEmbedder:
             if len(rows) == 1:
                 vectors[i] = unit_vectors[rows[0]].numpy()
             else:
-                vectors[i] = combine_chunk_vectors(unit_vectors[rows].numpy(), [units[r].weight for r in rows])
+                chunk_vectors = torch.nn.functional.normalize(unit_vectors[rows], dim=-1)  # (n_chunks, H)
+                vectors[i] = combine_chunk_vectors(chunk_vectors.numpy(), [units[r].weight for r in rows])
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)

@@ -200,6 +200,14 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
         except OSError as exc:
             raise OSError(_offline_hint(name)) from exc
+        except KeyError as exc:
+            if attention.ATTENTION_NAME not in str(exc):
+                raise
+            raise ValueError(
+                f"{name!r} ({config.model_type}) picks attention classes from its own table instead of "
+                "transformers' attention registry, so KV-Embedding cannot re-route it. Verified types: "
+                f"{', '.join(sorted(VERIFIED_MODEL_TYPES))}."
+            ) from exc
         model.to(resolved_device).eval()
         model.requires_grad_(False)
         _prepare_tokenizer(tokenizer, name)
@@ -217,6 +225,8 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
         )
     # Right padding: pads come after every real token, so causal attention never lets them reach one.
     tokenizer.padding_side = "right"
+    # The engine enforces its own max_length (chunking / truncation); silence the tokenizer's length warning.
+    tokenizer.model_max_length = 1 << 30
     if tokenizer.pad_token_id is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is not None:
