@@ -10,7 +10,6 @@ and ``benchmarks/results.md`` (machine described at the top). Never run as a tes
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -31,17 +30,82 @@ STORIES_TOKENIZER = REPO.parent / "shared" / "data" / "models" / "stories260K" /
 LAYERS_FOR_28 = [14, 15, 16]  # the window width the method's rule gives for L = 28 (floor(0.1 * 28) + 1 = 3)
 
 SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=28, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=4096),
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960),
-    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=28,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=512,
+        max_position_embeddings=4096,
+    ),
+    "qwen3-0.6b": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+    ),
+    "qwen3-1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+    ),
 }
 
-WORDS = ("the a model text retrieval memory layer token value key query document search answer question "
-         "system river mountain city paper method result table figure number small large fast slow new old "
-         "first last because while after before under over with without between").split()
+WORDS = [
+    "the",
+    "a",
+    "model",
+    "text",
+    "retrieval",
+    "memory",
+    "layer",
+    "token",
+    "value",
+    "key",
+    "query",
+    "document",
+    "search",
+    "answer",
+    "question",
+    "system",
+    "river",
+    "mountain",
+    "city",
+    "paper",
+    "method",
+    "result",
+    "table",
+    "figure",
+    "number",
+    "small",
+    "large",
+    "fast",
+    "slow",
+    "new",
+    "old",
+    "first",
+    "last",
+    "because",
+    "while",
+    "after",
+    "before",
+    "under",
+    "over",
+    "with",
+    "without",
+    "between",
+]
 
 
 def make_model(shape: str, directory: Path) -> Path:
@@ -167,6 +231,7 @@ def run(shape: str, n_texts: int, words: int, bf16: bool, out_dir: Path, device:
         def wrapped() -> None:
             fn()
             sync()
+
         return timed(wrapped)
 
     # Interleave to spread drift across the compared runs.
@@ -177,15 +242,12 @@ def run(shape: str, n_texts: int, words: int, bf16: bool, out_dir: Path, device:
     t_echo = bench(lambda: echo.encode_document(texts))
 
     # sentence-transformers on the same saved weights, last-token pooling, the same prompted texts.
-    transformer = models.Transformer(str(model_dir), max_seq_length=4096,
-                                     model_args={"dtype": getattr(torch, dtype)})
+    transformer = models.Transformer(str(model_dir), max_seq_length=4096, model_args={"dtype": getattr(torch, dtype)})
     transformer.tokenizer.padding_side = "right"
     pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
     st = SentenceTransformer(modules=[transformer, pooling], device=device)
     prompted = [kv.format(t, "document") for t in texts]
     t_st = bench(lambda: st.encode(prompted, batch_size=16, normalize_embeddings=True))
-    del st, transformer
-    gc.collect()
 
     peak = matmul_peak_gflops(torch.float32 if device == "cpu" else torch.bfloat16)
     achieved = forward_flops(SHAPES[shape], token_counts) / t_kv / 1e9
@@ -202,15 +264,20 @@ def run(shape: str, n_texts: int, words: int, bf16: bool, out_dir: Path, device:
     }
     if device == "cpu":
         mem = peak_memory_child(str(model_dir), 4096, LAYERS_FOR_28)
-        results["memory_4096"] = {**mem, "peak_over_weights": mem["peak"] / mem["weights"],
-                                  "encode_extra_over_weights": (mem["peak"] - mem["after_load"]) / mem["weights"]}
+        results["memory_4096"] = {
+            **mem,
+            "peak_over_weights": mem["peak"] / mem["weights"],
+            "encode_extra_over_weights": (mem["peak"] - mem["after_load"]) / mem["weights"],
+        }
     if bf16 and device == "cpu":
         kv_bf16 = kv.with_options(dtype="bfloat16")
         t_bf16 = bench(lambda: kv_bf16.encode_document(texts))
         a = kv.encode_document(texts)
         b = kv_bf16.encode_document(texts)
-        results["bf16_cpu"] = {"speed_ratio_vs_fp32": t_kv / t_bf16,
-                               "min_cosine_to_fp32": float(np.min(np.sum(a * b, axis=1)))}
+        results["bf16_cpu"] = {
+            "speed_ratio_vs_fp32": t_kv / t_bf16,
+            "min_cosine_to_fp32": float(np.min(np.sum(a * b, axis=1))),
+        }
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if device == "cpu" else f"-{device}"
     (out_dir / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
@@ -240,10 +307,13 @@ def markdown(r: dict) -> str:  # type: ignore[type-arg]
     ]
     if "memory_4096" in r:
         mem = r["memory_4096"]
-        lines.append(f"| peak RSS encoding one {mem['tokens']}-token document / weights size "
-                     f"({mem['peak'] / 2**30:.2f} / {mem['weights'] / 2**30:.2f} GiB) | {mem['peak_over_weights']:.2f} "
-                     "| <= 1.5 |")
-        lines.append(f"| of which the encode itself (peak - after load) / weights | {mem['encode_extra_over_weights']:.2f} | |")
+        lines.append(
+            f"| peak RSS encoding one {mem['tokens']}-token document / weights size "
+            f"({mem['peak'] / 2**30:.2f} / {mem['weights'] / 2**30:.2f} GiB) | {mem['peak_over_weights']:.2f} "
+            "| <= 1.5 |"
+        )
+        extra = mem["encode_extra_over_weights"]
+        lines.append(f"| of which the encode itself (peak - after load) / weights | {extra:.2f} | |")
     if "bf16_cpu" in r:
         b = r["bf16_cpu"]
         lines.append(f"| bf16 on CPU: speed vs fp32 | {b['speed_ratio_vs_fp32']:.2f}x | >= 1.8x |")

@@ -115,7 +115,7 @@ def kv_reroute_attention(
     layer_idx = getattr(module, "layer_idx", None)
     if not isinstance(state, RerouteState) or layer_idx not in state.layers:
         sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
-        return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)  # type: ignore[no-any-return]
+        return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     state.routed.append(layer_idx)
     B, H_q, T, D = query.shape
     H_kv = key.shape[1]

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 import torch
@@ -234,7 +234,7 @@ class KVEmbedder:
             return ()
         num_layers = self._loaded.num_layers
         if self.config.layers != "auto":
-            chosen = tuple(self.config.layers)
+            chosen = tuple(int(i) for i in self.config.layers)
             bad = [i for i in chosen if i >= num_layers]
             if bad:
                 raise ValueError(
@@ -269,7 +269,8 @@ class KVEmbedder:
         num_layers = self._loaded.num_layers
         states: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
         order = sorted(range(len(units)), key=lambda i: -len(units[i].ids))
-        batches = [order[i : i + rule.calibration_batch_size] for i in range(0, len(order), rule.calibration_batch_size)]
+        step = rule.calibration_batch_size
+        batches = [order[i : i + step] for i in range(0, len(order), step)]
         for batch in tqdm(batches, desc="Selecting layers (intrinsic dimension)", disable=self._bar_disabled(None)):
             input_ids, last_index = self._pad([units[i].ids for i in batch])
             with torch.inference_mode():
@@ -328,7 +329,7 @@ class KVEmbedder:
             return ids, [None] * len(ids)
         head, middle, _ = (part.replace("{{", "{").replace("}}", "}") for part in template.split("{text}"))
         masks: list[list[int] | None] = []
-        for text, offsets in zip(texts, enc["offset_mapping"]):
+        for text, offsets in zip(texts, enc["offset_mapping"], strict=True):
             start = len(head) + len(text) + len(middle)  # the second copy, method.md "Echo embeddings"
             end = start + len(text)
             masks.append([int(e > s and s < end and e > start) for s, e in offsets])
@@ -355,7 +356,7 @@ class KVEmbedder:
                 chunks = chunks[:1]
                 logger.info("Text #%d truncated to its first %d characters.", i, chunks[0].end)
             piece_ids, piece_masks = self._tokenize([c.text for c in chunks], prompt)
-            units.extend(_Unit(i, p, m, len(p)) for p, m in zip(piece_ids, piece_masks))
+            units.extend(_Unit(i, p, m, len(p)) for p, m in zip(piece_ids, piece_masks, strict=True))
         return units
 
     # ------------------------------------------------------------------------------------ forward
@@ -418,10 +419,6 @@ class KVEmbedder:
             )
         return checked
 
-    @overload
-    def encode(self, texts: str, **kwargs: Any) -> np.ndarray: ...
-    @overload
-    def encode(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray: ...
     def encode(
         self,
         texts: str | Sequence[str],
@@ -460,12 +457,13 @@ class KVEmbedder:
         single = isinstance(texts, str)
         if not single and not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}.")
-        items = self._check_texts([texts] if single else list(texts))  # type: ignore[list-item]
+        items = self._check_texts([texts] if single else list(texts))
         side = "document" if prompt is None else prompt
         if side not in PROMPT_NAMES:
             raise ValueError(f"prompt={prompt!r} is not valid; choose one of None, 'query', 'document'.")
         if overflow not in OVERFLOW_MODES:
-            raise ValueError(f"overflow={overflow!r} is not valid; choose one of {', '.join(map(repr, OVERFLOW_MODES))}.")
+            valid = ", ".join(map(repr, OVERFLOW_MODES))
+            raise ValueError(f"overflow={overflow!r} is not valid; choose one of {valid}.")
         size = self.config.batch_size if batch_size is None else batch_size
         if size < 1:
             raise ValueError(f"batch_size={size} must be >= 1.")

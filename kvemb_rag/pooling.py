@@ -23,7 +23,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, last_index: torch.Tensor, poo
     Returns:
         ``(B, H)`` float32, not normalised.
     """
-    B, T, H = hidden.shape
+    B = hidden.shape[0]
     hidden = hidden.float()  # (B, T, H)
     rows = torch.arange(B, device=hidden.device)  # (B,)
     last = hidden[rows, last_index.to(hidden.device)]  # (B, H)

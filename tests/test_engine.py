@@ -157,7 +157,7 @@ def test_every_strategy_encodes(stories: KVEmbedder, strategy: str) -> None:
 
 
 def test_order_is_restored_after_length_sorting(stories: KVEmbedder) -> None:
-    texts = SENTENCES + ["A very long story about a cat and a dog who went to the big park together."]
+    texts = [*SENTENCES, "A very long story about a cat and a dog who went to the big park together."]
     batched = stories.encode(texts, batch_size=2)
     one_by_one = np.stack([stories.encode(t) for t in texts])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
@@ -182,7 +182,7 @@ def test_echo_pools_over_the_second_copy(stories: KVEmbedder) -> None:
     ids, masks = echo._tokenize([text], "document")
     mask = masks[0]
     assert mask is not None
-    pooled = [i for i, m in zip(ids[0], mask) if m]
+    pooled = [i for i, m in zip(ids[0], mask, strict=True) if m]
     first_copy = echo.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(pooled) == len(first_copy) and sum(mask) < len(ids[0]) / 2
     assert echo.tokenizer.decode(pooled).strip() == text

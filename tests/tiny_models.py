@@ -37,7 +37,7 @@ _COMMON = dict(
 )
 
 
-def _config(arch: str):  # noqa: ANN202
+def _config(arch: str):
     if arch == "llama":
         return LlamaConfig(**_COMMON), LlamaForCausalLM
     if arch == "mistral":
