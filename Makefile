@@ -25,6 +25,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check kvemb_rag tests benchmarks integrations
 	$(PY) -m mypy
+	$(PY) -m mypy -p langchain_kvemb -p llama_index.embeddings.kvemb
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q tests integrations/langchain/tests integrations/llama-index/tests

@@ -1,0 +1,164 @@
+"""KVEmbedding on a real tiny model: sides, batching, async, validation, serialisation, node parser."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.embeddings.kvemb import KVEmbedding
+from pydantic import ValidationError
+
+from kvemb_rag import loader
+
+# integrations/llama-index/tests/<this file> -> parents[3] is the repository root.
+REPO = Path(__file__).resolve().parents[3]
+TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")
+PARAMS: dict[str, Any] = {"model_name": TINY_MODEL, "max_length": 512, "layers": [3]}
+TEXTS = [
+    "Tom the cat liked to sleep in the warm sun.",
+    "The big red boat sailed across the blue sea.",
+    "Mia baked a cake with her grandma on Sunday.",
+    "A little bird built a nest high in the old tree.",
+    "The children played with a ball in the park.",
+]
+
+
+@pytest.fixture
+def embed_model() -> KVEmbedding:
+    return KVEmbedding(**PARAMS)
+
+
+def test_class_name_and_base() -> None:
+    assert KVEmbedding.class_name() == "KVEmbedding"
+    assert issubclass(KVEmbedding, BaseEmbedding)
+
+
+def test_fields_have_descriptions() -> None:
+    ours = ["model_name", "embed_batch_size", "strategy", "layers", "device", "dtype", "max_length",
+            "query_template", "document_template", "cache_dir"]
+    for name in ours:
+        assert KVEmbedding.model_fields[name].description, name
+
+
+def test_construction_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = loader.load_model
+
+    def spy(name: str, **kwargs: Any) -> loader.LoadedModel:
+        calls.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr("kvemb_rag.embedder.load_model", spy)
+    model = KVEmbedding(model_name="nobody/not-a-real-model-for-kvemb-tests")
+    assert model._kv_engine is None
+    assert calls == []
+
+
+def test_model_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVEMB_MODEL", TINY_MODEL)
+    assert KVEmbedding().model_name == TINY_MODEL
+    monkeypatch.delenv("KVEMB_MODEL")
+    assert KVEmbedding().model_name == "Qwen/Qwen3-0.6B"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"strategy": "bm25"}, "strategy"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"embed_batch_size": 0}, "embed_batch_size"),
+        ({"max_length": 4}, "max_length"),
+        ({"layers": [-2]}, "layers"),
+        ({"query_template": "no placeholder"}, "query_template"),
+    ],
+)
+def test_invalid_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        KVEmbedding(**{**PARAMS, **kwargs})
+
+
+def test_query_and_text_sides(embed_model: KVEmbedding) -> None:
+    engine = embed_model._engine
+    query = embed_model.get_query_embedding(TEXTS[0])
+    text = embed_model.get_text_embedding(TEXTS[0])
+    assert all(type(x) is float for x in query + text)
+    np.testing.assert_allclose(query, engine.encode_query(TEXTS[0]), atol=1e-6)
+    np.testing.assert_allclose(text, engine.encode_document(TEXTS[0]), atol=1e-6)
+    assert not np.allclose(query, text)
+
+
+def test_batches_match_single_texts(embed_model: KVEmbedding) -> None:
+    embed_model.embed_batch_size = 2
+    batch = embed_model.get_text_embedding_batch(TEXTS)
+    assert len(batch) == len(TEXTS)
+    singles = [embed_model.get_text_embedding(t) for t in TEXTS]
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+    assert embed_model._get_text_embeddings([]) == []
+
+
+def test_async_variants_run_in_a_worker_thread(embed_model: KVEmbedding, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = embed_model._engine
+    threads: list[int] = []
+    for name in ("encode_document", "encode_query"):
+        real = getattr(engine, name)
+
+        def spy(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            threads.append(threading.get_ident())
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(engine, name, spy)
+
+    async def main() -> tuple[Any, Any, Any, int]:
+        results = await asyncio.gather(
+            embed_model.aget_query_embedding(TEXTS[1]),
+            embed_model.aget_text_embedding(TEXTS[1]),
+            embed_model.aget_text_embedding_batch(TEXTS),
+        )
+        return (*results, threading.get_ident())
+
+    query, text, batch, loop_thread = asyncio.run(main())
+    assert threads and loop_thread not in threads
+    np.testing.assert_allclose(query, embed_model.get_query_embedding(TEXTS[1]), atol=1e-6)
+    np.testing.assert_allclose(text, embed_model.get_text_embedding(TEXTS[1]), atol=1e-6)
+    np.testing.assert_allclose(batch, embed_model.get_text_embedding_batch(TEXTS), atol=1e-5)
+
+
+async def test_async_api_under_pytest_asyncio(embed_model: KVEmbedding) -> None:
+    vector = await embed_model.aget_query_embedding("where is the ball?")
+    assert len(vector) == embed_model._engine.dim
+
+
+def test_serialisation_round_trip(embed_model: KVEmbedding) -> None:
+    data = embed_model.to_dict()
+    assert data["class_name"] == "KVEmbedding"
+    rebuilt = KVEmbedding.from_dict(data)
+    assert rebuilt.model_name == embed_model.model_name and rebuilt.layers == [3]
+    np.testing.assert_allclose(rebuilt.get_query_embedding("hi"), embed_model.get_query_embedding("hi"))
+
+
+def test_node_parser_limits(embed_model: KVEmbedding) -> None:
+    limit = embed_model.max_node_tokens()
+    overhead = embed_model.count_tokens("")
+    assert 0 < limit < 512 - overhead
+    assert embed_model.node_parser().chunk_size == limit
+    assert embed_model.node_parser(chunk_size=100, chunk_overlap=10).chunk_overlap == 10
+    with pytest.raises(ValueError, match="chunk_size"):
+        embed_model.node_parser(chunk_size=limit + 1)
+    with pytest.raises(ValueError, match="chunk_overlap"):
+        embed_model.node_parser(chunk_size=50, chunk_overlap=50)
+
+
+def test_namespace_package_layout() -> None:
+    import llama_index.embeddings.kvemb as package
+
+    root = Path(package.__file__).resolve().parents[2]  # .../llama_index
+    assert root.name == "llama_index"
+    assert not (root / "__init__.py").exists()
+    assert not (root / "embeddings" / "__init__.py").exists()
+    assert (root / "embeddings" / "kvemb" / "py.typed").is_file()
+    assert sorted(package.__all__) == ["DEFAULT_MODEL", "KVEmbedding"]
