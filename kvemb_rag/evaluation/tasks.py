@@ -96,14 +96,20 @@ def evaluate_retrieval(
     Returns:
         ``{"ndcg@10": ..., "recall@100": ..., "mrr@10": ...}``.
     """
-    texts = list(data.corpus.values())
+    doc_ids = [doc_id for doc_id, text in data.corpus.items() if text.strip()]
+    empty = len(data.corpus) - len(doc_ids)
+    if empty:
+        # An empty document has nothing to embed; it stays in the qrels, so if relevant it counts as a miss.
+        blank = [doc_id for doc_id, text in data.corpus.items() if not text.strip()]
+        logger.warning("%s: %d empty document(s) cannot be retrieved: %s", data.name, empty, blank[:10])
+    texts = [data.corpus[doc_id] for doc_id in doc_ids]
     doc_vectors = _rows(encoder.encode_document(texts, **encode_kwargs), len(texts), "documents")
     query_vectors = _query_vectors(encoder, data, encode_kwargs)
     run = exact_search(
         query_vectors,
         doc_vectors,
         list(data.queries),
-        list(data.corpus),
+        doc_ids,
         top_k=top_k,
         ignore_identical_ids=ignore_identical_ids,
     )
