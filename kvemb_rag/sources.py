@@ -1,0 +1,284 @@
+"""Documents and the files they come from: ``.txt``, ``.md`` and ``.jsonl`` readers for indexing.
+
+A :class:`Document` is what :class:`kvemb_rag.store.KVStore` indexes: a stable id, its text, flat user
+metadata and the *source* it belongs to (the unit that :meth:`~kvemb_rag.store.KVStore.sync_documents`
+mirrors). :func:`read_path` turns one path given on the command line into documents:
+
+* a folder is walked recursively (sorted, hidden files and folders skipped); its supported files are read;
+* ``.txt`` / ``.md`` files are one document each, with id = the path relative to the indexed root (POSIX
+  separators), so ids are stable across runs and machines;
+* ``.jsonl`` files hold one JSON object per line with a ``text`` field, an optional ``id`` (the document id;
+  default ``"<relative path>#<line number>"``) and other fields, which become metadata (a field named like
+  one of the store's own keys, e.g. ``source``, is kept as ``meta_<name>``, with a warning);
+* every document gets a ``path`` metadata entry (the file), JSONL documents also their ``line``;
+* unreadable files, binary files (a NUL byte, or not UTF-8), empty files and bad JSONL lines are skipped
+  with a warning and reported in :attr:`SourceRead.skipped`; files with other suffixes are ignored.
+
+Example:
+    >>> read = read_path("docs")  # doctest: +SKIP
+    >>> [d.id for d in read.documents]  # doctest: +SKIP
+    ['engine-api.md', 'method.md']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RESERVED_METADATA_KEYS",
+    "SUPPORTED_SUFFIXES",
+    "Document",
+    "SkippedFile",
+    "SourceError",
+    "SourceRead",
+    "read_path",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes :func:`read_path` reads (lower-case); other files in a folder are ignored.
+SUPPORTED_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".jsonl")
+
+#: Metadata keys the store writes on every record; user metadata may not use them (see :class:`Document`).
+RESERVED_METADATA_KEYS: tuple[str, ...] = (
+    "doc_id",
+    "chunk_index",
+    "start",
+    "end",
+    "n_tokens",
+    "n_chunks",
+    "source",
+    "content_hash",
+    "json_keys",
+)
+
+# Bytes sniffed for a NUL byte before decoding: a cheap, reliable sign of a binary file.
+_SNIFF_BYTES = 8192
+
+
+class SourceError(ValueError):
+    """A path given to index cannot be used at all (missing, or a folder without supported files)."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document to index.
+
+    Attributes:
+        id: Stable, unique document id (e.g. a path relative to the indexed folder).
+        text: The full text; must contain something other than whitespace.
+        metadata: Flat user metadata (string keys, none of :data:`RESERVED_METADATA_KEYS`). Values that are
+            not ``str``/``int``/``float``/``bool`` are JSON-encoded by the store and decoded in search hits.
+        source: The source this document belongs to (e.g. the indexed folder); ``None`` when it is not
+            part of a synchronised source.
+    """
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(
+                f"Document id must be a non-empty str; got {self.id!r}. Give each document an id."
+            )
+        if not isinstance(self.text, str):
+            raise TypeError(
+                f"Document {self.id!r}: text must be a str, got {type(self.text).__name__}. Decode it first."
+            )
+        if not self.text.strip():
+            raise ValueError(
+                f"Document {self.id!r} is empty or whitespace-only; there is nothing to embed. Leave it out."
+            )
+        if not isinstance(self.metadata, Mapping):
+            raise TypeError(
+                f"Document {self.id!r}: metadata must be a mapping, got {type(self.metadata).__name__}."
+            )
+        bad = [k for k in self.metadata if not isinstance(k, str) or not k]
+        if bad:
+            raise ValueError(f"Document {self.id!r}: metadata keys must be non-empty str; got {bad!r}.")
+        reserved = sorted(set(self.metadata) & set(RESERVED_METADATA_KEYS))
+        if reserved:
+            raise ValueError(
+                f"Document {self.id!r}: metadata keys {reserved} are reserved for the store's own fields "
+                f"({', '.join(RESERVED_METADATA_KEYS)}); rename them, e.g. 'meta_{reserved[0]}'."
+            )
+        if self.source is not None and (not isinstance(self.source, str) or not self.source):
+            raise ValueError(
+                f"Document {self.id!r}: source must be None or a non-empty str; got {self.source!r}."
+            )
+        object.__setattr__(self, "metadata", dict(self.metadata))
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file (or a ``file:line`` of a JSONL file) that was not indexed, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SourceRead:
+    """What :func:`read_path` found under one path.
+
+    Attributes:
+        source: The source label of the documents: the resolved path as given (folder or file).
+        root: The folder document ids are relative to.
+        documents: The documents, in path order.
+        files: Supported files found (read or skipped).
+        skipped: Files and JSONL lines that were skipped, with the reason.
+    """
+
+    source: str
+    root: Path
+    documents: tuple[Document, ...]
+    files: int
+    skipped: tuple[SkippedFile, ...]
+
+
+def _iter_files(path: Path) -> Iterator[Path]:
+    """Supported files under ``path`` (itself when a file), sorted, hidden entries skipped."""
+    if path.is_file():
+        yield path
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            candidate = Path(dirpath) / name
+            if candidate.suffix.lower() in SUPPORTED_SUFFIXES:
+                yield candidate
+
+
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; raises ``ValueError`` for binary content (NUL byte or not UTF-8)."""
+    data = path.read_bytes()
+    if b"\x00" in data[:_SNIFF_BYTES]:
+        raise ValueError("binary file (contains NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"binary or not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+
+
+def _relative_id(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _jsonl_documents(
+    path: Path, text: str, doc_prefix: str, source: str, skipped: list[SkippedFile]
+) -> list[Document]:
+    documents: list[Document] = []
+    warned = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            skipped.append(SkippedFile(where, f"invalid JSON ({exc.msg})"))
+            continue
+        if not isinstance(record, dict):
+            skipped.append(SkippedFile(where, f"a JSON {type(record).__name__}, not an object"))
+            continue
+        body = record.pop("text", None)
+        if not isinstance(body, str) or not body.strip():
+            skipped.append(SkippedFile(where, "no non-empty 'text' string field"))
+            continue
+        raw_id = record.pop("id", None)
+        if raw_id is None:
+            doc_id = f"{doc_prefix}#{number}"
+        elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id):
+            doc_id = str(raw_id)
+        else:
+            skipped.append(SkippedFile(where, f"'id' must be a non-empty string or integer, got {raw_id!r}"))
+            continue
+        clashes = sorted(set(record) & set(RESERVED_METADATA_KEYS))
+        if clashes:
+            if not warned:
+                logger.warning(
+                    "%s: fields %s are reserved store metadata keys; stored as %s (in every line).",
+                    where,
+                    clashes,
+                    [f"meta_{key}" for key in clashes],
+                )
+                warned = True
+            record = {(f"meta_{k}" if k in clashes else k): v for k, v in record.items()}
+        metadata = {"path": str(path), "line": number, **record}
+        documents.append(Document(doc_id, body, metadata, source))
+    return documents
+
+
+def read_path(path: str | os.PathLike[str]) -> SourceRead:
+    """Read the documents under one path (a supported file, or a folder walked recursively).
+
+    Args:
+        path: A ``.txt`` / ``.md`` / ``.jsonl`` file, or a folder.
+
+    Returns:
+        The documents (source = the resolved ``path``; ids relative to the folder, or to the file's folder
+        for a single file) and the skipped files, each also logged as a warning.
+
+    Raises:
+        SourceError: ``path`` does not exist, is a folder without any supported file, or is a file with an
+            unsupported suffix.
+    """
+    given = Path(path)
+    if not given.exists():
+        raise SourceError(f"Path not found: {str(path)!r}. Give an existing file or folder to index.")
+    resolved = given.resolve()
+    if resolved.is_file() and resolved.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise SourceError(
+            f"Unsupported file type {resolved.suffix or '(no suffix)'!r}: {str(path)!r}. Supported: "
+            f"{', '.join(SUPPORTED_SUFFIXES)}."
+        )
+    root = resolved if resolved.is_dir() else resolved.parent
+    source = str(resolved)
+    files = list(_iter_files(resolved))
+    if not files:
+        raise SourceError(
+            f"No {', '.join(SUPPORTED_SUFFIXES)} files in {str(path)!r} (hidden files and folders are "
+            "skipped). Point at a folder that holds documents."
+        )
+    documents: list[Document] = []
+    skipped: list[SkippedFile] = []
+    seen: dict[str, str] = {}
+    for file in files:
+        doc_id = _relative_id(file, root)
+        try:
+            text = _read_text(file)
+        except OSError as exc:
+            skipped.append(SkippedFile(str(file), f"unreadable ({exc.strerror or exc})"))
+            continue
+        except ValueError as exc:
+            skipped.append(SkippedFile(str(file), str(exc)))
+            continue
+        if file.suffix.lower() == ".jsonl":
+            found = _jsonl_documents(file, text, doc_id, source, skipped)
+        elif text.strip():
+            found = [Document(doc_id, text, {"path": str(file)}, source)]
+        else:
+            skipped.append(SkippedFile(str(file), "empty file"))
+            found = []
+        for document in found:
+            if document.id in seen:
+                line = document.metadata.get("line")
+                where = f"{file}:{line}" if line is not None else str(file)
+                reason = f"duplicate document id {document.id!r} (first in {seen[document.id]})"
+                skipped.append(SkippedFile(where, reason))
+                continue
+            seen[document.id] = str(file)
+            documents.append(document)
+    for item in skipped:
+        logger.warning("Skipped %s: %s", item.path, item.reason)
+    return SourceRead(source, root, tuple(documents), len(files), tuple(skipped))

@@ -1,0 +1,247 @@
+"""The ``kvemb`` command line end to end: real subprocesses, the real tiny model, a real Chroma database."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from subprocess import PIPE
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from kvemb_rag import KVEmbedder
+
+KVEMB = Path(sys.executable).with_name("kvemb")
+
+
+def _command() -> list[str]:
+    return [str(KVEMB)] if KVEMB.is_file() else [sys.executable, "-m", "kvemb_rag.cli"]
+
+
+def kvemb(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the ``kvemb`` console script (``python -m kvemb_rag.cli`` if the script is not installed)."""
+    return subprocess.run(_command() + args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def kvemb_all(
+    runs: list[tuple[list[str], Path]], env: dict[str, str]
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run independent ``kvemb`` commands concurrently (each pays the torch import; 2 cores halve it)."""
+    procs = [
+        (args, subprocess.Popen(_command() + args, env=env, cwd=cwd, stdout=PIPE, stderr=PIPE, text=True))
+        for args, cwd in runs
+    ]
+    done = []
+    for args, proc in procs:
+        out, err = proc.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return done
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    assert "Error:" in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def make_corpus(root: Path) -> Path:
+    corpus = root / "corpus"
+    (corpus / "notes").mkdir(parents=True)
+    (corpus / ".hidden").mkdir()
+    (corpus / "a.txt").write_text(
+        "The cat sat on the mat. It was a sunny day in the garden.\n", encoding="utf-8"
+    )
+    (corpus / "notes" / "b.md").write_text(
+        "# Notes\n\nThe dog ran in the park with a red ball.\n", encoding="utf-8"
+    )
+    lines = [
+        {"id": "boat", "text": "A small boat on the river at night.", "lang": "en", "stars": 4},
+        {"text": "The moon and the stars over the hill.", "tags": ["sky", "night"]},
+    ]
+    (corpus / "data.jsonl").write_text(
+        "\n".join(json.dumps(x) for x in lines) + "\nnot json at all\n", encoding="utf-8"
+    )
+    (corpus / "blob.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")  # binary with a text suffix
+    (corpus / "picture.png").write_bytes(b"\x89PNG\r\n")  # unsupported suffix: ignored
+    (corpus / ".hidden" / "secret.txt").write_text("hidden", encoding="utf-8")
+    return corpus
+
+
+@pytest.fixture(scope="module")
+def indexed(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_path: Path,
+    tiny_embedder: KVEmbedder,  # selects the layers once, into the cache the subprocesses read
+    subprocess_env: dict[str, str],
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """A corpus indexed once by ``kvemb index`` (--json summary); returns (workdir, db, process)."""
+    work = tmp_path_factory.mktemp("cli")
+    make_corpus(work)
+    proc = kvemb(
+        ["index", "corpus", "--db", "db", "--model", str(tiny_model_path), "--max-length", "512", "--json"],
+        subprocess_env,
+        work,
+    )
+    return work, work / "db", proc
+
+
+def test_index_reports_documents_and_skips(
+    indexed: tuple[Path, Path, subprocess.CompletedProcess[str]],
+) -> None:
+    _, _, proc = indexed
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert (summary["documents"], summary["added"], summary["unchanged"], summary["removed"]) == (4, 4, 0, 0)
+    assert summary["chunks"] == summary["chunks_embedded"] == 4
+    skipped = {Path(s["path"]).name: s["reason"] for s in summary["skipped_files"]}
+    assert set(skipped) == {"blob.txt", "data.jsonl:3"}
+    assert "binary" in skipped["blob.txt"] and "JSON" in skipped["data.jsonl:3"]
+    assert "Skipped" in proc.stderr and "blob.txt" in proc.stderr  # warned, not silent
+
+
+def test_search_json_table_and_info(
+    indexed: tuple[Path, Path, subprocess.CompletedProcess[str]], subprocess_env: dict[str, str]
+) -> None:
+    work, db, _ = indexed
+    where = '{"lang": "en"}'
+    found, table, info, info_table = kvemb_all(
+        [
+            (["search", "a cat on a mat", "--db", str(db), "-k", "4", "--json"], work),
+            (["search", "dog", "--db", str(db), "--per-document", "--where", where], work),
+            (["info", "--db", str(db), "--json"], work),
+            (["info", "--db", str(db)], work),
+        ],
+        subprocess_env,
+    )
+    assert found.returncode == 0, found.stderr
+    result = json.loads(found.stdout)
+    hits = result["hits"]
+    assert result["query"] == "a cat on a mat" and result["collection"] == "kvemb"
+    fields = {"score", "doc_id", "chunk_index", "start", "end", "text", "metadata", "source", "id"}
+    assert fields <= set(hits[0])
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    by_id = {h["doc_id"]: h for h in hits}
+    assert set(by_id) == {"a.txt", "notes/b.md", "boat", "data.jsonl#2"}
+    assert by_id["boat"]["metadata"]["stars"] == 4
+    assert by_id["data.jsonl#2"]["metadata"]["tags"] == ["sky", "night"]
+    assert by_id["a.txt"]["text"].startswith("The cat sat") and by_id["a.txt"]["start"] == 0
+
+    assert table.returncode == 0, table.stderr
+    assert "boat" in table.stdout and "score" in table.stdout and "a.txt" not in table.stdout
+
+    assert info.returncode == 0, info.stderr
+    (item,) = json.loads(info.stdout)
+    assert (item["name"], item["records"], item["documents"], item["space"]) == ("kvemb", 4, 4, "cosine")
+    identity = item["identity"]
+    assert identity["max_length"] == 512 and identity["strategy"] == "kv" and identity["layers"]
+    assert Path(identity["model"]).is_absolute()  # usable from any working directory
+    assert info_table.returncode == 0, info_table.stderr
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in info_table.stdout.splitlines()
+        if line.count("│") == 3
+    }
+    assert (rows["documents"], rows["records (chunks)"], rows["strategy"]) == ("4", "4", "kv")
+
+
+def test_reindex_change_and_remove(
+    tiny_model_path: Path, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    make_corpus(tmp_path)
+    first = kvemb(
+        ["index", "corpus", "--db", "db", "--model", str(tiny_model_path)], subprocess_env, tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    again = kvemb(
+        ["index", "corpus", "--db", "db", "--json"], subprocess_env, tmp_path
+    )  # model from the collection
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (summary["added"], summary["unchanged"], summary["chunks_embedded"]) == (0, 4, 0)
+
+    (tmp_path / "corpus" / "a.txt").write_text("The cat now sleeps on the sofa.\n", encoding="utf-8")
+    (tmp_path / "corpus" / "notes" / "b.md").unlink()
+    (tmp_path / "corpus" / "c.md").write_text("A frog sings in the rain.\n", encoding="utf-8")
+    changed = kvemb(["index", "corpus", "--db", "db"], subprocess_env, tmp_path)
+    assert changed.returncode == 0, changed.stderr
+    rows = {
+        line.strip("│ ").split("│")[0].strip(): line.split("│")[-2].strip()
+        for line in changed.stdout.splitlines()
+        if line.count("│") == 3
+    }
+    assert (rows["added"], rows["replaced"], rows["removed"], rows["unchanged"]) == ("1", "1", "1", "2")
+    assert (rows["documents"], rows["chunks"]) == ("4", "4")
+
+
+def test_user_errors_exit_cleanly(
+    indexed: tuple[Path, Path, subprocess.CompletedProcess[str]],
+    tiny_model_path: Path,
+    subprocess_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    work, db, _ = indexed
+    (tmp_path / "empty").mkdir()
+    shutil.copytree(db, tmp_path / "db")  # the mismatch run must not touch the shared database
+    missing, overlapping, empty, unknown, no_db, mismatch = kvemb_all(
+        [
+            (["index", "nope", "--db", "x"], tmp_path),
+            (["index", "corpus", "corpus/a.txt", "--db", "x"], work),
+            (["index", "empty", "--db", "x"], tmp_path),
+            (["search", "cat", "--db", str(db), "--collection", "unknown"], work),
+            (["search", "cat", "--db", "no-such-db"], tmp_path),
+            (
+                [
+                    *("index", str(work / "corpus"), "--db", "db"),
+                    *("--model", str(tiny_model_path), "--max-length", "256"),
+                ],
+                tmp_path,
+            ),
+        ],
+        subprocess_env,
+    )
+    assert_user_error(missing, "not found", "nope")
+    assert_user_error(empty, "No .txt")
+    assert_user_error(overlapping, "'a.txt' comes from both")
+    assert_user_error(unknown, "'unknown' does not exist", "'kvemb'")
+    assert_user_error(no_db, "No database")
+    # Same collection, another embedder setting: refused, both values shown.
+    assert_user_error(mismatch, "different embedder", "max_length", "512", "256")
+
+
+def test_layers_and_eval_commands(
+    tiny_model_path: Path, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    sts = Path(__file__).resolve().parents[1].parent / "shared/data/sts/STSBenchmark/sts-test.csv"
+    if not sts.is_file():
+        pytest.skip(f"STS benchmark missing at {sts}")
+    small = tmp_path / "sts-test.csv"
+    small.write_text(
+        "".join(sts.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8"
+    )
+    plot = tmp_path / "curve.png"
+    layers, evaluation = kvemb_all(
+        [
+            (["layers", "--model", str(tiny_model_path), "--plot", str(plot)], tmp_path),
+            (
+                ["eval", "--model", str(tiny_model_path), "--sts", str(small), "--output", "out.json"],
+                tmp_path,
+            ),
+        ],
+        subprocess_env,
+    )
+    assert layers.returncode == 0, layers.stderr
+    assert "Chosen layers: [" in layers.stdout and "re-routed" in layers.stdout
+    assert "ignored" in layers.stdout  # the first 20% of layers are never chosen
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "| model | strategy |" in evaluation.stdout and "spearman" in evaluation.stdout
+    (record,) = json.loads((tmp_path / "out.json").read_text())
+    assert (record["strategy"], record["task"], record["metric"]) == ("kv", "sts", "spearman")
