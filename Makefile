@@ -34,7 +34,7 @@ slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run --bf16
 
 clean:
 	rm -rf $(VENV) .kvemb demo_store

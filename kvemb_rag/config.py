@@ -112,7 +112,9 @@ class EmbedderConfig:
         bias: Scalar added to the re-routed slot's pre-softmax logit, after 1/sqrt(d) scaling (R: 1.0).
         max_length: Token budget per forward pass, prompt template included; ``None`` means 4,096 or the
             model's context size if smaller.
-        batch_size: Texts per forward pass.
+        batch_size: Most texts per forward pass.
+        max_padding: Largest share of a batch's positions that may be padding (see
+            :func:`kvemb_rag.batching.length_batches`); ``1.0`` batches like sentence-transformers.
         query_template: Template of the query side; ``None`` means the strategy's default.
         document_template: Template of the document side; ``None`` means the strategy's default.
         revision: Hub revision (branch, tag or commit) to load.
@@ -129,6 +131,7 @@ class EmbedderConfig:
     bias: float = 1.0
     max_length: int | None = None
     batch_size: int = 16
+    max_padding: float = 0.1
     query_template: str | None = None
     document_template: str | None = None
     revision: str | None = None
@@ -157,6 +160,12 @@ class EmbedderConfig:
             raise ValueError(f"max_length={self.max_length!r} must be an int >= 8 (tokens, prompt included).")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r} must be an int >= 1.")
+        padding = self.max_padding
+        if isinstance(padding, bool) or not isinstance(padding, (int, float)) or not 0 <= padding <= 1:
+            raise ValueError(
+                f"max_padding={padding!r} must be a number in [0, 1]: the share of a batch's positions that may be "
+                "padding (0.1 default; 1.0 = fixed-size batches)."
+            )
         for side in PROMPT_NAMES:
             template = getattr(self, f"{side}_template")
             if template is not None:

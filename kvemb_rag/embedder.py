@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from kvemb_rag import layers as layer_selection
 from kvemb_rag.attention import STATE_KWARG, RerouteState
+from kvemb_rag.batching import length_batches
 from kvemb_rag.calibration import default_calibration_texts
 from kvemb_rag.chunking import Chunk, chunk_text, combine_chunk_vectors
 from kvemb_rag.config import (
@@ -59,7 +60,10 @@ class KVEmbedder:
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default bfloat16 on CUDA, float32 on CPU.
         max_length: Tokens per forward pass, prompt template included; default 4,096 or the model's
             context size if smaller. Longer texts are chunked (see :meth:`encode`).
-        batch_size: Texts per forward pass.
+        batch_size: Most texts per forward pass.
+        max_padding: Largest share of a batch's positions that may be padding: length-sorted batches are also
+            cut where lengths drop by more than this, so little compute goes to padding (``1.0``: fixed-size
+            batches, as sentence-transformers).
         query_template: Query-side template with ``{text}``; default the strategy's.
         document_template: Document-side template with ``{text}``; default the strategy's.
         calibration_texts: Texts for layer selection; default :func:`default_calibration_texts`.
@@ -88,6 +92,7 @@ class KVEmbedder:
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
         batch_size: int = 16,
+        max_padding: float = 0.1,
         query_template: str | None = None,
         document_template: str | None = None,
         calibration_texts: Sequence[str] | None = None,
@@ -105,6 +110,7 @@ class KVEmbedder:
             bias=bias,
             max_length=max_length,
             batch_size=batch_size,
+            max_padding=max_padding,
             query_template=query_template,
             document_template=document_template,
             revision=revision,
@@ -268,9 +274,8 @@ class KVEmbedder:
         units = self._units(texts, "document", overflow="truncate")
         num_layers = self._loaded.num_layers
         states: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
-        order = sorted(range(len(units)), key=lambda i: -len(units[i].ids))
-        step = rule.calibration_batch_size
-        batches = [order[i : i + step] for i in range(0, len(order), step)]
+        lengths = [len(unit.ids) for unit in units]
+        batches = length_batches(lengths, rule.calibration_batch_size, self.config.max_padding)
         for batch in tqdm(batches, desc="Selecting layers (intrinsic dimension)", disable=self._bar_disabled(None)):
             input_ids, last_index = self._pad([units[i].ids for i in batch])
             with torch.inference_mode():
@@ -431,8 +436,9 @@ class KVEmbedder:
     ) -> np.ndarray:
         """Embed texts.
 
-        Texts are tokenised once, sorted by token count (longest first) into batches, and returned in the
-        input order.
+        Texts are tokenised once, sorted by token count (longest first) into batches of at most
+        ``batch_size`` rows and at most ``max_padding`` padding (see :mod:`kvemb_rag.batching`), and returned
+        in the input order.
 
         Args:
             texts: A string or a sequence of strings (non-empty, not whitespace-only).
@@ -471,9 +477,8 @@ class KVEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
 
         units = self._units(items, side, overflow)
-        order = sorted(range(len(units)), key=lambda i: -len(units[i].ids))
         unit_vectors = torch.empty(len(units), self.dim, dtype=torch.float32)  # (U, H)
-        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        batches = length_batches([len(unit.ids) for unit in units], size, self.config.max_padding)
         for batch in tqdm(batches, desc="Encoding", disable=self._bar_disabled(show_progress_bar)):
             pooled = self._forward([units[i].ids for i in batch], [units[i].pool_mask for i in batch])  # (b, H)
             unit_vectors[batch] = pooled.cpu()
