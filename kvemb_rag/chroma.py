@@ -32,7 +32,7 @@ from typing import Any
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from kvemb_rag.config import STRATEGIES, EmbedderConfig
+from kvemb_rag.config import STRATEGIES, validate_settings
 from kvemb_rag.embedder import KVEmbedder
 from kvemb_rag.shared import shared_embedder
 
@@ -206,20 +206,7 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
         dtype = config.get("dtype")
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"dtype={dtype!r} is not valid; use None or one of: {', '.join(_DTYPES)}.")
-        layers = config.get("layers", "auto")
-        try:
-            EmbedderConfig(
-                model=model,
-                strategy=strategy,
-                layers=layers if isinstance(layers, str) else tuple(layers),
-                bias=config.get("bias", 1.0),
-                max_length=config.get("max_length"),
-                batch_size=config.get("batch_size", 16),
-                query_template=config.get("query_template"),
-                document_template=config.get("document_template"),
-            )
-        except TypeError as exc:
-            raise ValueError(str(exc)) from exc
+        validate_settings(model, **{k: v for k, v in config.items() if k != "model"})
 
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
         """Refuse updates that would mix incomparable vectors in one collection.

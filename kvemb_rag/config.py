@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal, get_args
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
 
 Strategy = Literal["kv", "kv-ablation", "last", "mean", "prompteol", "echo"]
 PromptName = Literal["query", "document"]
@@ -184,3 +184,38 @@ class EmbedderConfig:
             return str(custom)
         spec = self.spec
         return spec.query_template if prompt == "query" else spec.document_template
+
+
+# KVEmbedder settings checked when the model loads, not by EmbedderConfig.
+_LOAD_TIME_SETTINGS = ("device", "dtype", "calibration_texts", "show_progress_bar")
+
+
+def validate_settings(model: str, **settings: Any) -> EmbedderConfig:
+    """Check :class:`~kvemb_rag.KVEmbedder` keyword settings without loading anything.
+
+    For adapters (LangChain, LlamaIndex, Chroma) that must refuse bad settings when they are constructed:
+    every problem is a ``ValueError``, the exception their frameworks report as a validation error.
+
+    Args:
+        model: Hub name or local directory.
+        **settings: ``KVEmbedder`` keyword arguments; ``None`` means the default, lists of layers are
+            accepted; ``device``, ``dtype``, ``calibration_texts`` and ``show_progress_bar`` are checked at
+            load time and skipped here.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ValueError: An invalid or unknown setting (the valid names are listed).
+    """
+    names = {f.name for f in fields(EmbedderConfig)} - {"model"}
+    unknown = sorted(set(settings) - names - set(_LOAD_TIME_SETTINGS))
+    if unknown:
+        raise ValueError(f"Unknown KVEmbedder settings {unknown}; valid: {sorted(names | set(_LOAD_TIME_SETTINGS))}.")
+    given = {k: v for k, v in settings.items() if k in names and v is not None}
+    if isinstance(given.get("layers"), (list, tuple)):
+        given["layers"] = tuple(given["layers"])
+    try:
+        return EmbedderConfig(model=model, **given)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc

@@ -313,3 +313,18 @@ def test_device_and_dtype_defaults(stories: KVEmbedder) -> None:
 
 def test_tokenizer_padding_side_is_explicit(stories: KVEmbedder) -> None:
     assert stories.tokenizer.padding_side == "right" and stories.tokenizer.pad_token_id is not None
+
+
+def test_validate_settings_without_loading() -> None:
+    """The adapters' construction-time check: KVEmbedder settings, every problem a ValueError."""
+    from kvemb_rag.config import validate_settings
+
+    config = validate_settings("any/model", layers=[3, 1], max_length=None, device="cuda", dtype="bfloat16")
+    assert config.layers == (1, 3)
+    assert config.max_length is None  # None means the default
+    with pytest.raises(ValueError, match=r"Unknown KVEmbedder settings \['batchsize'\]; valid: .*'batch_size'"):
+        validate_settings("any/model", batchsize=8)
+    with pytest.raises(ValueError, match="every layer index must be an int"):
+        validate_settings("any/model", layers=["3"])  # a TypeError inside EmbedderConfig, reported as ValueError
+    with pytest.raises(ValueError, match="max_padding=2"):
+        validate_settings("any/model", max_padding=2)

@@ -7,11 +7,11 @@ import os
 from typing import Any, Literal
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 from typing_extensions import Self
 
 from kvemb_rag import KVEmbedder
-from kvemb_rag.config import EmbedderConfig
+from kvemb_rag.config import validate_settings
 from kvemb_rag.shared import shared_embedder
 
 __all__ = ["DEFAULT_MODEL", "KVEmbeddings"]
@@ -81,23 +81,11 @@ class KVEmbeddings(BaseModel, Embeddings):
         default=None, description="Layer-selection cache; default $KVEMB_CACHE_DIR or ~/.cache/kvemb-rag."
     )
 
-    _engine_cache: tuple[tuple[Any, ...], KVEmbedder] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_engine_settings(self) -> Self:
         # The engine's own validation, without loading anything: bad templates or an empty model fail here.
-        try:
-            EmbedderConfig(
-                model=self.model,
-                strategy=self.strategy,
-                layers=self.layers if isinstance(self.layers, str) else tuple(self.layers),
-                max_length=self.max_length,
-                batch_size=self.batch_size,
-                query_template=self.query_template,
-                document_template=self.document_template,
-            )
-        except TypeError as exc:
-            raise ValueError(str(exc)) from exc
+        validate_settings(self.model, batch_size=self.batch_size, **self._engine_settings())
         return self
 
     def _engine_settings(self) -> dict[str, Any]:
@@ -115,14 +103,7 @@ class KVEmbeddings(BaseModel, Embeddings):
     @property
     def _engine(self) -> KVEmbedder:
         """The engine for the current settings, loaded on first use and shared across the process."""
-        settings = self._engine_settings()
-        key = (self.model, *(str(v) for v in settings.values()))
-        cached = self._engine_cache
-        if cached is None or cached[0] != key:
-            # shared_embedder is locked and idempotent: concurrent first calls get the same engine.
-            cached = (key, shared_embedder(self.model, **settings))
-            self._engine_cache = cached
-        return cached[1]
+        return shared_embedder(self.model, **self._engine_settings())
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents with the document-side template.

@@ -55,7 +55,7 @@ def test_construction_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("kvemb_rag.embedder.load_model", spy)
     model = KVEmbedding(model_name="nobody/not-a-real-model-for-kvemb-tests")
-    assert model._kv_engine is None
+    assert model.to_dict()["model_name"] == "nobody/not-a-real-model-for-kvemb-tests"  # serialisable unloaded
     assert calls == []
 
 

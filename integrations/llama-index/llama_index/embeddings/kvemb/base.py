@@ -7,13 +7,13 @@ import os
 from typing import Any, Literal
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, model_validator
 from llama_index.core.node_parser import SentenceSplitter
 from pydantic import NonNegativeInt
 from typing_extensions import Self
 
 from kvemb_rag import KVEmbedder
-from kvemb_rag.config import EmbedderConfig
+from kvemb_rag.config import validate_settings
 from kvemb_rag.shared import shared_embedder
 
 __all__ = ["DEFAULT_MODEL", "KVEmbedding"]
@@ -100,23 +100,11 @@ class KVEmbedding(BaseEmbedding):
     )
 
     # (settings key, engine): the engine is built lazily and rebuilt if a setting is reassigned.
-    _kv_engine: tuple[tuple[str, ...], KVEmbedder] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_engine_settings(self) -> Self:
         # The engine's own validation, without loading anything: bad templates or an empty model fail here.
-        try:
-            EmbedderConfig(
-                model=self.model_name,
-                strategy=self.strategy,
-                layers=self.layers if isinstance(self.layers, str) else tuple(self.layers),
-                max_length=self.max_length,
-                batch_size=self.embed_batch_size,
-                query_template=self.query_template,
-                document_template=self.document_template,
-            )
-        except TypeError as exc:
-            raise ValueError(str(exc)) from exc
+        validate_settings(self.model_name, batch_size=self.embed_batch_size, **self._engine_settings())
         return self
 
     @classmethod
@@ -140,14 +128,7 @@ class KVEmbedding(BaseEmbedding):
     @property
     def _engine(self) -> KVEmbedder:
         """The engine for the current settings, loaded on first use and shared across the process."""
-        settings = self._engine_settings()
-        key = (self.model_name, *(str(v) for v in settings.values()))
-        cached = self._kv_engine
-        if cached is None or cached[0] != key:
-            # shared_embedder is locked and idempotent: concurrent first calls get the same engine.
-            cached = (key, shared_embedder(self.model_name, **settings))
-            self._kv_engine = cached
-        return cached[1]
+        return shared_embedder(self.model_name, **self._engine_settings())
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` with the document template applied, as the engine will see it."""
