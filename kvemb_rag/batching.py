@@ -13,7 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["length_batches"]
+__all__ = ["check_max_padding", "length_batches"]
+
+
+def check_max_padding(value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number in ``[0, 1]`` (``bool`` is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value <= 1):
+        raise ValueError(
+            f"max_padding={value!r} must be a number in [0, 1]: the share of a batch's positions that may be "
+            "padding (0.1 default; 1.0 = fixed-size batches)."
+        )
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float) -> list[list[int]]:
@@ -33,8 +42,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float) 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
-    if not (isinstance(max_padding, (int, float)) and math.isfinite(max_padding) and 0 <= max_padding <= 1):
-        raise ValueError(f"max_padding={max_padding!r} must be a number in [0, 1] (share of padded positions).")
+    check_max_padding(max_padding)
     short = [i for i, n in enumerate(lengths) if n < 1]
     if short:
         raise ValueError(f"Rows {short[:10]} have no tokens; every row needs at least one.")

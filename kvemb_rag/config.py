@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
+from kvemb_rag.batching import check_max_padding
+
 Strategy = Literal["kv", "kv-ablation", "last", "mean", "prompteol", "echo"]
 PromptName = Literal["query", "document"]
 Pooling = Literal["hybrid", "last", "mean", "echo"]
@@ -160,12 +162,7 @@ class EmbedderConfig:
             raise ValueError(f"max_length={self.max_length!r} must be an int >= 8 (tokens, prompt included).")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size!r} must be an int >= 1.")
-        padding = self.max_padding
-        if isinstance(padding, bool) or not isinstance(padding, (int, float)) or not 0 <= padding <= 1:
-            raise ValueError(
-                f"max_padding={padding!r} must be a number in [0, 1]: the share of a batch's positions that may be "
-                "padding (0.1 default; 1.0 = fixed-size batches)."
-            )
+        check_max_padding(self.max_padding)
         for side in PROMPT_NAMES:
             template = getattr(self, f"{side}_template")
             if template is not None:
