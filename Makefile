@@ -1,20 +1,36 @@
 # Two entry points that work on a fresh machine: `make demo` and `make test`.
-# Both create .venv and install what they need when it is missing or out of date.
+# Both create .venv and install what they need when it is missing or out of date, from requirements.lock:
+# the exact versions the suite last passed on (torch is the local CPU build). `make upgrade` re-resolves to
+# the newest versions pyproject.toml allows, runs lint and the suite on them in .venv-upgrade, and only
+# then rewrites requirements.lock: review its diff and commit it (upgrades are a deliberate step).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kvemb-installed
+LOCK := requirements.lock
+# locked: install exactly $(LOCK); latest: the newest allowed versions (used by `make upgrade`).
+RESOLVE ?= locked
+EDITABLES := -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]"
 KVEMB_MODEL ?= Qwen/Qwen3-0.6B
 export KVEMB_MODEL
 
-.PHONY: install demo test lint unit slow bench clean
+ifeq ($(RESOLVE),locked)
+# PIP_CONSTRAINT also reaches the isolated environments that build the editable packages (setuptools).
+PIP := PIP_CONSTRAINT=$(CURDIR)/$(LOCK) $(PY) -m pip
+PIP_FLAGS :=
+else
+PIP := $(PY) -m pip
+PIP_FLAGS := --upgrade --upgrade-strategy eager
+endif
 
-$(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml
+.PHONY: install demo test lint unit slow bench upgrade clean
+
+$(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PIP) install -q --upgrade pip setuptools
 	# The local CPU build; an unpinned torch would pull several GB of CUDA packages.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]"
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(PIP_FLAGS) $(EDITABLES)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,5 +52,13 @@ slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --bf16
 
+# Newest allowed versions, tested, then written to the lock (only when lint and the suite pass).
+upgrade:
+	rm -rf .venv-upgrade
+	$(MAKE) test VENV=.venv-upgrade RESOLVE=latest
+	{ sed -n '/^#/p' $(LOCK); .venv-upgrade/bin/python -m pip freeze --all --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	@echo "$(LOCK) now holds the versions just tested; review 'git diff $(LOCK)' and commit it."
+
 clean:
-	rm -rf $(VENV) .kvemb demo_store
+	rm -rf $(VENV) .venv-upgrade .kvemb demo_store

@@ -1,15 +1,22 @@
-"""kvemb-rag: training-free text embeddings from decoder-only LLMs (KV-Embedding) for RAG."""
+"""kvemb-rag: training-free text embeddings from decoder-only LLMs (KV-Embedding) for RAG.
+
+The public names below are imported on first use (PEP 562), so ``import kvemb_rag`` and the ``kvemb``
+command line start without loading torch or transformers until an engine is needed.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from kvemb_rag.calibration import default_calibration_texts
-from kvemb_rag.chunking import Chunk, chunk_text
-from kvemb_rag.config import STRATEGIES, EmbedderConfig, LayerSelectionConfig
-from kvemb_rag.embedder import KVEmbedder
-from kvemb_rag.layers import LayerSelection, select_window, twonn_dimension
-from kvemb_rag.loader import VERIFIED_MODEL_TYPES, clear_model_cache
+if TYPE_CHECKING:
+    from kvemb_rag.calibration import default_calibration_texts
+    from kvemb_rag.chunking import Chunk, chunk_text
+    from kvemb_rag.config import STRATEGIES, EmbedderConfig, LayerSelectionConfig
+    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.layers import LayerSelection, select_window, twonn_dimension
+    from kvemb_rag.loader import VERIFIED_MODEL_TYPES, clear_model_cache
 
 __all__ = [
     "STRATEGIES",
@@ -26,5 +33,35 @@ __all__ = [
     "twonn_dimension",
 ]
 __version__ = "0.1.0"
+
+# Where each public name lives.
+_HOMES = {
+    "default_calibration_texts": "kvemb_rag.calibration",
+    "Chunk": "kvemb_rag.chunking",
+    "chunk_text": "kvemb_rag.chunking",
+    "STRATEGIES": "kvemb_rag.config",
+    "EmbedderConfig": "kvemb_rag.config",
+    "LayerSelectionConfig": "kvemb_rag.config",
+    "KVEmbedder": "kvemb_rag.embedder",
+    "LayerSelection": "kvemb_rag.layers",
+    "select_window": "kvemb_rag.layers",
+    "twonn_dimension": "kvemb_rag.layers",
+    "VERIFIED_MODEL_TYPES": "kvemb_rag.loader",
+    "clear_model_cache": "kvemb_rag.loader",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'kvemb_rag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

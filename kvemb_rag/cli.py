@@ -241,14 +241,17 @@ def index(
                 f"Path(s) not found: {', '.join(map(repr, missing))}. Give existing files or folders."
             )
         reads = [read_path(p) for p in paths]
+        # Documents are identified by source and id, so two folders may both hold README.md; but one file
+        # reached through two given paths (a folder and a file in it) would be stored twice.
         owners: dict[str, str] = {}
         for read in reads:
             for doc in read.documents:
-                first = owners.setdefault(doc.id, read.source)
+                file = str(doc.metadata.get("path", doc.id))
+                first = owners.setdefault(file, read.source)
                 if first != read.source:
                     raise UserError(
-                        f"Document id {doc.id!r} comes from both {first} and {read.source}; ids must be "
-                        "unique in a collection. Index overlapping paths once, or into separate collections."
+                        f"File {file!r} comes from both {first} and {read.source}; give overlapping paths "
+                        "once (the folder, or the files in it)."
                     )
         store = _open_store(db, collection, must_exist=False, url=url)
         try:
@@ -326,7 +329,11 @@ def hits_table(hits: Sequence[Hit], title: str) -> Table:
     table.add_column("snippet", overflow="fold")
     for rank, hit in enumerate(hits, start=1):
         span = f"{hit.start}-{hit.end} (chunk {hit.chunk_index})"
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.doc_id, span, _snippet(hit.text))
+        # Ids repeat across sources (two folders' README.md): the source tells them apart.
+        document = escape(hit.doc_id)
+        if hit.source is not None:
+            document += f"\n[dim]{escape(hit.source)}[/dim]"
+        table.add_row(str(rank), f"{hit.score:.3f}", document, span, escape(_snippet(hit.text)))
     return table
 
 
@@ -487,6 +494,24 @@ def layers(
 
 
 # -------------------------------------------------------------------------------------------- eval
+def _comma_list(values: Sequence[str] | None, option: str) -> list[str]:
+    """Repeated and comma-separated option values as one list (``-s kv,last -s mean``)."""
+    items = [item.strip() for value in values or () for item in value.split(",")]
+    if any(not item for item in items):
+        raise UserError(f"{option} has an empty item in {list(values or ())!r}; separate values with single commas.")
+    return items
+
+
+def _positive_int(value: str, option: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UserError(f"{option} takes positive integers (e.g. 256,512); got {value!r}.")
+    return number
+
+
 @app.command("eval")
 def evaluate(
     model: Annotated[
@@ -496,7 +521,13 @@ def evaluate(
         ),
     ] = None,
     strategy: Annotated[
-        list[str] | None, typer.Option("--strategy", "-s", help="Strategy(ies) (repeat); default kv.")
+        list[str] | None,
+        typer.Option(
+            "--strategies",
+            "--strategy",
+            "-s",
+            help="Strategies, comma-separated or repeated (kv,kv-ablation,last,...); default kv.",
+        ),
     ] = None,
     sts: Annotated[list[Path] | None, typer.Option("--sts", help="STS file(s).")] = None,
     retrieval: Annotated[list[Path] | None, typer.Option("--retrieval", help="BEIR folder(s).")] = None,
@@ -510,7 +541,12 @@ def evaluate(
         list[Path] | None, typer.Option("--long-docs", help="Long-document (QMSum-style) folder(s).")
     ] = None,
     max_length: Annotated[
-        list[int] | None, typer.Option("--max-length", help="Long-document token limits (repeat).")
+        list[str] | None,
+        typer.Option(
+            "--max-lengths",
+            "--max-length",
+            help="Long-document token limits, comma-separated or repeated (256,512).",
+        ),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="qrels split of the retrieval folders.")] = "test",
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Texts per forward pass.")] = None,
@@ -531,11 +567,12 @@ def evaluate(
                 f'The evaluation harness needs extra packages ({exc.name}): pip install "kvemb-rag[eval]".'
             ) from exc
         kwargs: dict[str, Any] = {}
-        if max_length:
-            kwargs["max_lengths"] = tuple(max_length)
+        lengths = _comma_list(max_length, "--max-lengths")
+        if lengths:
+            kwargs["max_lengths"] = tuple(_positive_int(v, "--max-lengths") for v in lengths)
         records = run_evaluation(
             [model_argument(m) for m in (model or [default_model()])],
-            tuple(strategy or ("kv",)),
+            tuple(_comma_list(strategy, "--strategies") or ("kv",)),
             sts=sts or (),
             retrieval=retrieval or (),
             classification=classification or (),

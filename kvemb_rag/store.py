@@ -11,11 +11,15 @@ Vector-store hygiene (house style, item 12):
 * the embedder's :attr:`~kvemb_rag.KVEmbedder.identity` is stored (JSON) in the collection metadata; adding
   to or querying a collection with a different embedder raises :class:`EmbedderMismatchError`;
 * writes are batched within ``client.get_max_batch_size()``;
+* a document is identified by its **source and id** together (:data:`DocKey`): two folders that both hold
+  ``README.md`` are two documents, and indexing one source never updates or deletes another source's
+  documents;
 * record ids are deterministic: ``"<doc id>::<chunk index>::<content hash>"``, where the content hash covers
-  the document text, the chunk overlap, the user metadata and the source. Indexing is an upsert per
-  document: an unchanged document is recognised from its stored records without re-chunking or
-  re-embedding; a changed one gets its new chunks written first and its old ones deleted after, so an
-  interrupted run that is run again ends with exactly the records of an uninterrupted one.
+  the document text, the chunk overlap, the user metadata and the source (so records of same-id documents
+  of different sources never collide). Indexing is an upsert per document: an unchanged document is
+  recognised from its stored records without re-chunking or re-embedding; a changed one gets its new chunks
+  written first and its old ones deleted after, so an interrupted run that is run again ends with exactly
+  the records of an uninterrupted one.
 
 Each record's metadata holds ``doc_id``, ``chunk_index``, ``start`` / ``end`` (character span in the
 document), ``n_tokens`` (with the template), ``n_chunks``, ``content_hash``, ``source`` (when the document
@@ -60,6 +64,7 @@ __all__ = [
     "DEFAULT_PATH",
     "CollectionInfo",
     "CollectionNotFoundError",
+    "DocKey",
     "Document",
     "EmbedderMismatchError",
     "Hit",
@@ -92,6 +97,19 @@ _LOOKUP_DOCS = 128
 # Grouped search: chunks fetched per wanted document at first, and the growth factor of re-fetches.
 _GROUP_FETCH_FACTOR = 4
 _HASH_CHARS_IN_ID = 16
+
+#: A stored document's identity: ``(source, doc_id)``; ``source`` is ``None`` for documents added without one.
+DocKey = tuple[str | None, str]
+
+
+def _doc_key(document: Document) -> DocKey:
+    return (document.source, document.id)
+
+
+def _meta_key(meta: Mapping[str, Any]) -> DocKey:
+    """The identity of the document a stored record belongs to (records without ``source`` have none)."""
+    source = meta.get("source")
+    return (None if source is None else str(source), str(meta["doc_id"]))
 
 
 class KVStoreError(Exception):
@@ -334,7 +352,7 @@ class CollectionInfo:
     Attributes:
         name: Collection name.
         records: Stored chunks.
-        documents: Distinct document ids.
+        documents: Distinct documents (source and id).
         identity: The embedder identity recorded in the collection (``None`` if not made by kvemb-rag).
         space: The distance space of its index (``"cosine"`` for kvemb-rag collections).
     """
@@ -659,6 +677,19 @@ class KVStore:
         where = {"source": source} if source is not None else None
         return sorted({str(m["doc_id"]) for _, m in self._all_metadata(col, where) if m and "doc_id" in m})
 
+    def document_keys(self, source: str | None = None) -> list[DocKey]:
+        """``(source, doc_id)`` of every stored document (of one ``source`` when given), sorted.
+
+        Documents are identified by source and id together: ids alone repeat across sources (every folder
+        may hold a ``README.md``).
+        """
+        col = self._find_collection()
+        if col is None:
+            return []
+        where = {"source": source} if source is not None else None
+        keys = {_meta_key(m) for _, m in self._all_metadata(col, where) if m and "doc_id" in m}
+        return sorted(keys, key=lambda k: (k[0] or "", k[1]))
+
     def info(self, name: str | None = None) -> CollectionInfo:
         """Size and embedder identity of this collection (or of collection ``name``).
 
@@ -669,7 +700,7 @@ class KVStore:
             other = KVStore(client=self._client, collection=name)
             return other.info()
         col = self._require_collection()
-        documents = {str(m["doc_id"]) for _, m in self._all_metadata(col) if m and "doc_id" in m}
+        documents = {_meta_key(m) for _, m in self._all_metadata(col) if m and "doc_id" in m}
         return CollectionInfo(
             col.name, col.count(), len(documents), self._stored_identity(col), self._space(col)
         )
@@ -786,7 +817,7 @@ class KVStore:
         overlap: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> IndexSummary:
-        """Add or update documents (an upsert per document id).
+        """Add or update documents (an upsert per document: source and id).
 
         New documents are chunked, embedded and written; documents stored with the same content (text,
         metadata, source and overlap) are left alone without re-embedding; changed ones get their new chunks
@@ -794,7 +825,7 @@ class KVStore:
         vectors).
 
         Args:
-            documents: The documents; ids must be unique within the call.
+            documents: The documents; ids must be unique within a source in one call.
             overlap: Token overlap between consecutive chunks; default :attr:`overlap`.
             progress: Called with an :class:`IndexProgress` after each document is planned and each write.
 
@@ -843,39 +874,49 @@ class KVStore:
             docs.append(doc if doc.source == source else replace(doc, source=source))
         return self._index(docs, overlap=overlap, progress=progress, sync_source=source)
 
-    def delete_document(self, doc_id: str) -> int:
-        """Delete one document's records; returns 1 if it was stored, else 0."""
-        return self.delete_documents([doc_id])
+    def delete_document(self, doc_id: str, *, source: str | None = None) -> int:
+        """Delete one document's records; returns the number of documents deleted (see :meth:`delete_documents`)."""
+        return self.delete_documents([doc_id], source=source)
 
-    def delete_documents(self, doc_ids: Iterable[str]) -> int:
+    def delete_documents(self, doc_ids: Iterable[str], *, source: str | None = None) -> int:
         """Delete documents' records.
 
         Args:
             doc_ids: Document ids; unknown ones are ignored.
+            source: Only the documents of this source. ``None`` deletes the documents with these ids of
+                every source (see :meth:`document_keys` for which sources hold an id).
 
         Returns:
-            The number of documents that were stored and are now deleted.
+            The number of documents (distinct source and id) that were stored and are now deleted.
         """
         ids = list(dict.fromkeys(doc_ids))
         col = self._find_collection()
         if col is None or not ids:
             return 0
-        removed, _ = self._delete_docs(col, ids)
-        return removed
+        stored = self._stored_records(col, ids, lambda key: source is None or key[0] == source)
+        return self._delete_records(col, stored)[0]
 
-    def _delete_docs(self, col: Collection, doc_ids: Sequence[str]) -> tuple[int, int]:
-        """Delete every record of ``doc_ids``; returns (documents found, records deleted)."""
-        found = 0
-        deleted = 0
-        for part in _slices(doc_ids, _LOOKUP_DOCS):
+    def _stored_records(
+        self, col: Collection, doc_ids: Sequence[str], wanted: Callable[[DocKey], bool]
+    ) -> dict[DocKey, dict[str, Mapping[str, Any]]]:
+        """The stored records of the documents with these ids whose identity is ``wanted``, by document."""
+        by_doc: dict[DocKey, dict[str, Mapping[str, Any]]] = {}
+        for part in _slices(list(dict.fromkeys(doc_ids)), _LOOKUP_DOCS):
             where: Any = {"doc_id": {"$in": list(part)}}
-            existing = col.get(where=where, include=["metadatas"])
-            ids = existing["ids"]
-            found += len({m["doc_id"] for m in existing["metadatas"] or [] if m})
-            for batch in _slices(ids, self._batch_size()):
-                col.delete(ids=list(batch))
-            deleted += len(ids)
-        return found, deleted
+            stored = col.get(where=where, include=["metadatas"])
+            for record_id, meta in zip(stored["ids"], stored["metadatas"] or [], strict=True):
+                if meta and "doc_id" in meta and wanted(key := _meta_key(meta)):
+                    by_doc.setdefault(key, {})[record_id] = meta
+        return by_doc
+
+    def _delete_records(
+        self, col: Collection, by_doc: Mapping[DocKey, Mapping[str, Any]]
+    ) -> tuple[int, int]:
+        """Delete the given documents' records; returns (documents, records deleted)."""
+        ids = [record_id for records in by_doc.values() for record_id in records]
+        for batch in _slices(ids, self._batch_size()):
+            col.delete(ids=list(batch))
+        return len(by_doc), len(ids)
 
     def _index(
         self,
@@ -894,13 +935,14 @@ class KVStore:
                 f"documents[{not_documents[0]}] is a {type(docs[not_documents[0]]).__name__}; pass "
                 "kvemb_rag.sources.Document objects."
             )
-        counts: dict[str, int] = {}
+        counts: dict[DocKey, int] = {}
         for doc in docs:
-            counts[doc.id] = counts.get(doc.id, 0) + 1
-        dupes = sorted(doc_id for doc_id, n in counts.items() if n > 1)
+            counts[_doc_key(doc)] = counts.get(_doc_key(doc), 0) + 1
+        dupes = sorted((key for key, n in counts.items() if n > 1), key=lambda k: (k[0] or "", k[1]))
         if dupes:
+            shown = [doc_id if source is None else f"{doc_id} (source {source})" for source, doc_id in dupes[:10]]
             raise ValueError(
-                f"Duplicate document ids in one call: {dupes[:10]}; document ids must be unique."
+                f"Duplicate document ids in one call: {shown}; ids must be unique within a source."
             )
         embedder = self._require_embedder()
         col = self._writable_collection()
@@ -960,14 +1002,12 @@ class KVStore:
             report()
 
         for part in _slices(docs, _LOOKUP_DOCS):
-            where: Any = {"doc_id": {"$in": [d.id for d in part]}}
-            stored = col.get(where=where, include=["metadatas"])
-            by_doc: dict[str, dict[str, Mapping[str, Any]]] = {}
-            for record_id, meta in zip(stored["ids"], stored["metadatas"] or [], strict=True):
-                if meta and "doc_id" in meta:
-                    by_doc.setdefault(str(meta["doc_id"]), {})[record_id] = meta
+            # Only the records of these very documents (same source and id): a same-id document of another
+            # source is a different document and is never read as this one's old version.
+            keys = {_doc_key(d) for d in part}
+            by_doc = self._stored_records(col, [d.id for d in part], keys.__contains__)
             for doc in part:
-                self._plan_document(doc, overlap, by_doc.get(doc.id, {}), col, queue, counters, delete_ids)
+                self._plan_document(doc, overlap, by_doc.get(_doc_key(doc), {}), col, queue, counters, delete_ids)
                 report()
                 while len(queue) >= batch:
                     flush()
@@ -976,10 +1016,11 @@ class KVStore:
 
         removed = 0
         if sync_source is not None:
-            current = {d.id for d in docs}
-            vanished = [i for i in self.document_ids(sync_source) if i not in current]
+            current = {_doc_key(d) for d in docs}
+            vanished = {k for k in self.document_keys(sync_source) if k not in current}
             if vanished:
-                removed, deleted = self._delete_docs(col, vanished)
+                stored = self._stored_records(col, [doc_id for _, doc_id in vanished], vanished.__contains__)
+                removed, deleted = self._delete_records(col, stored)
                 counters.records_deleted += deleted
                 logger.info("Removed %d document(s) no longer in %s", removed, sync_source)
         summary = IndexSummary(
@@ -1106,9 +1147,9 @@ class KVStore:
         fetch = min(total, k * _GROUP_FETCH_FACTOR)
         while True:
             hits = self._query_chunks(col, vector, fetch, where)
-            best: dict[str, Hit] = {}
+            best: dict[DocKey, Hit] = {}
             for hit in hits:
-                best.setdefault(hit.doc_id, hit)
+                best.setdefault((hit.source, hit.doc_id), hit)
             if len(best) >= k or fetch >= total or len(hits) < fetch:
                 return list(best.values())[:k]
             fetch = min(total, fetch * _GROUP_FETCH_FACTOR)

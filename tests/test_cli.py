@@ -180,6 +180,27 @@ def test_reindex_change_and_remove(
     assert (rows["documents"], rows["chunks"]) == ("4", "4")
 
 
+def test_two_folders_with_the_same_file_names(
+    tiny_model_path: Path, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`kvemb index A`, `kvemb index B`, `kvemb index A` into one store: both READMEs stay, nothing re-done."""
+    for name in ("A", "B"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "README.md").write_text(f"The {name} project keeps a cat.\n", encoding="utf-8")
+        (tmp_path / name / "sub" / "notes.md").write_text(f"Notes of {name}: the dog ran.\n", encoding="utf-8")
+    model = ["--model", str(tiny_model_path)]
+    runs = [kvemb(["index", name, "--db", "db", *model, "--json"], subprocess_env, tmp_path) for name in "ABA"]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+    first_a, first_b, again_a = (json.loads(p.stdout) for p in runs)
+    assert (first_a["added"], first_b["added"], first_b["removed"], first_b["replaced"]) == (2, 2, 0, 0)
+    assert (again_a["unchanged"], again_a["added"], again_a["removed"], again_a["chunks_embedded"]) == (2, 0, 0, 0)
+    found = kvemb(["search", "cat", "--db", "db", "-k", "10", "--json"], subprocess_env, tmp_path)
+    assert found.returncode == 0, found.stderr
+    hits = {(Path(h["source"]).name, h["doc_id"]) for h in json.loads(found.stdout)["hits"]}
+    assert hits == {(n, d) for n in "AB" for d in ("README.md", "sub/notes.md")}
+
+
 def test_user_errors_exit_cleanly(
     indexed: tuple[Path, Path, subprocess.CompletedProcess[str]],
     tiny_model_path: Path,
@@ -208,7 +229,7 @@ def test_user_errors_exit_cleanly(
     )
     assert_user_error(missing, "not found", "nope")
     assert_user_error(empty, "No .txt")
-    assert_user_error(overlapping, "'a.txt' comes from both")
+    assert_user_error(overlapping, "a.txt' comes from both", "overlapping paths once")
     assert_user_error(unknown, "'unknown' does not exist", "'kvemb'")
     assert_user_error(no_db, "No database")
     # Same collection, another embedder setting: refused, both values shown.
@@ -230,7 +251,10 @@ def test_layers_and_eval_commands(
         [
             (["layers", "--model", str(tiny_model_path), "--plot", str(plot)], tmp_path),
             (
-                ["eval", "--model", str(tiny_model_path), "--sts", str(small), "--output", "out.json"],
+                [
+                    *("eval", "--model", str(tiny_model_path), "--sts", str(small), "--output", "out.json"),
+                    *("--strategies", "kv,last", "-s", "mean"),  # comma lists and repeats together
+                ],
                 tmp_path,
             ),
         ],
@@ -243,5 +267,19 @@ def test_layers_and_eval_commands(
 
     assert evaluation.returncode == 0, evaluation.stderr
     assert "| model | strategy |" in evaluation.stdout and "spearman" in evaluation.stdout
-    (record,) = json.loads((tmp_path / "out.json").read_text())
-    assert (record["strategy"], record["task"], record["metric"]) == ("kv", "sts", "spearman")
+    records = json.loads((tmp_path / "out.json").read_text())
+    assert [(r["strategy"], r["task"], r["metric"]) for r in records] == [
+        (name, "sts", "spearman") for name in ("kv", "last", "mean")
+    ]
+
+
+def test_eval_list_options_are_checked(tiny_model_path: Path, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    bad_length, empty_item = kvemb_all(
+        [
+            (["eval", "--model", str(tiny_model_path), "--max-lengths", "256,abc"], tmp_path),
+            (["eval", "--model", str(tiny_model_path), "--strategies", "kv,,last"], tmp_path),
+        ],
+        subprocess_env,
+    )
+    assert_user_error(bad_length, "--max-lengths takes positive integers", "'abc'")
+    assert_user_error(empty_item, "--strategies has an empty item")

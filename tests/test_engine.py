@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BloomConfig, BloomForCausalLM, GPTJConfig, GPTJForCausalLM
+from transformers import BertConfig, BertModel, BloomConfig, BloomForCausalLM
 
 from kvemb_rag import STRATEGIES, KVEmbedder, LayerSelectionConfig, select_window, twonn_dimension
 from kvemb_rag.calibration import default_calibration_texts
 from kvemb_rag.chunking import combine_chunk_vectors
+from tests.foreign_models import save_foreign
 from tests.tiny_models import STORIES, build, word_tokenizer
 
 SENTENCES = [
@@ -293,14 +294,15 @@ def test_unverified_type_needs_the_opt_in(tmp_path: Path) -> None:
 
 
 def test_census_refuses_layers_that_bypass_the_registry(tmp_path: Path) -> None:
-    path = _save_unverified(tmp_path, BloomConfig(vocab_size=96, hidden_size=32, n_layer=2, n_head=4), BloomForCausalLM)
+    """A model whose layers compute attention themselves: the engine refuses rather than embed un-routed."""
+    path = save_foreign("own_attention", tmp_path)
     with pytest.raises(RuntimeError, match=r"did not reach layers \[1\]"):
         KVEmbedder(path, layers=[1], allow_unverified_architecture=True)
 
 
 def test_architecture_with_its_own_attention_table(tmp_path: Path) -> None:
-    config = GPTJConfig(vocab_size=96, n_embd=32, n_layer=2, n_head=4, rotary_dim=4)
-    path = _save_unverified(tmp_path, config, GPTJForCausalLM)
+    """A model that picks attention classes from its own table cannot load with our implementation."""
+    path = save_foreign("own_table", tmp_path)
     with pytest.raises(ValueError, match="own table instead of transformers' attention registry"):
         KVEmbedder(path, layers=[1], allow_unverified_architecture=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,73 @@ def test_readme_block_runs(index: int, workdir: Path) -> None:
     )
     assert result.returncode == 0, f"README block {index} failed:\n{BLOCKS[index]}\n{result.stderr[-3000:]}"
     assert result.stdout.strip(), "every example prints its result"
+
+
+# ------------------------------------------------------------------------------ the README's `kvemb` lines
+def _shell_commands() -> list[str]:
+    """Every command of the README's ``bash`` blocks, continuation lines joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+KVEMB_LINES = [c for c in _shell_commands() if c.startswith("kvemb ")]
+# Placeholders the README uses for values; optional parts are written [--option VALUE].
+_PLACEHOLDERS = {"M": str(STORIES), "NAME": "kvemb", "DIR": "store", "KEY": "secret", "N": "2"}
+
+
+def _argv(line: str) -> list[str]:
+    words = shlex.split(line.replace("[", " ").replace("]", " "))[1:]
+    return [_PLACEHOLDERS.get(w, w) for w in words]
+
+
+def test_readme_documents_the_cli() -> None:
+    documented = {_argv(line)[0] for line in KVEMB_LINES}
+    assert {"index", "search", "info", "layers", "eval"} <= documented
+
+
+@pytest.mark.parametrize("line", KVEMB_LINES)
+def test_readme_kvemb_line_parses(line: str) -> None:
+    """Each documented command line is accepted by the CLI's parser: command, option names and value types."""
+    import typer
+
+    from kvemb_rag.cli import app
+
+    argv = _argv(line)
+    group = typer.main.get_command(app)  # the click group typer builds (typer vendors its own click)
+    with group.make_context("kvemb", list(argv), resilient_parsing=True) as parent:
+        command = group.get_command(parent, argv[0])  # type: ignore[attr-defined]
+        assert command is not None, f"README documents an unknown command: {line}"
+        try:  # parses every option (names, counts, int values) without running the command
+            command.make_context(argv[0], argv[1:], parent=parent)
+        except Exception as exc:  # click's UsageError family
+            pytest.fail(f"README line rejected by the CLI: {line}\n{exc}")
+
+
+def test_readme_cheap_kvemb_lines_run(tmp_path: Path) -> None:
+    """The index / search / info / layers lines run as written on the tiny model (placeholders filled)."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.md").write_text("# Guide\n\nLong documents are cut into chunks.\n", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("The cat sat on the mat.\n", encoding="utf-8")
+    (tmp_path / "data.jsonl").write_text('{"id": "x", "text": "A boat on the river.", "lang": "en"}\n', encoding="utf-8")
+    env = {
+        **os.environ,
+        "KVEMB_MODEL": str(STORIES),
+        "KVEMB_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "NO_COLOR": "1",
+    }
+    cheap = [line for line in KVEMB_LINES if _argv(line)[0] in {"index", "search", "info", "layers"}]
+    assert [_argv(line)[0] for line in cheap][:3] == ["index", "search", "info"]  # index first: the others read it
+    kvemb = Path(sys.executable).with_name("kvemb")
+    for line in cheap:
+        result = subprocess.run(
+            [str(kvemb), *_argv(line)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"README line failed: {line}\n{result.stderr[-3000:]}"
+        assert result.stdout.strip(), line

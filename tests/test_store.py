@@ -333,3 +333,55 @@ def test_input_validation(store: KVStore) -> None:
         IndexSummary(documents=1, added=2)
     summary = IndexSummary(documents=2, added=1) + IndexSummary(documents=1, unchanged=1)
     assert (summary.documents, summary.added, summary.unchanged) == (3, 1, 1)
+
+
+def _two_sources(root: Path) -> tuple[Path, Path]:
+    """Two folders whose files share relative paths, at the top and nested, with different texts."""
+    for name, seed in (("A", 0), ("B", 50)):
+        folder = root / name
+        (folder / "guide" / "deep").mkdir(parents=True)
+        (folder / "README.md").write_text(f"# {name}\n\n{story(seed, 4)}", encoding="utf-8")
+        (folder / "guide" / "deep" / "notes.txt").write_text(story(seed + 1, 3), encoding="utf-8")
+        (folder / f"only-{name}.txt").write_text(story(seed + 2, 3), encoding="utf-8")
+    return root / "A", root / "B"
+
+
+def test_sources_with_colliding_ids_never_touch_each_other(store: KVStore, tmp_path: Path) -> None:
+    """Index A, B, A: every document of both stays; re-indexing either source changes nothing."""
+    from kvemb_rag.sources import read_path
+
+    a, b = (read_path(p) for p in _two_sources(tmp_path / "src"))
+    assert {d.id for d in a.documents} & {d.id for d in b.documents} == {"README.md", "guide/deep/notes.txt"}
+    first_a = store.sync_documents(a.documents, source=a.source)
+    first_b = store.sync_documents(b.documents, source=b.source)
+    assert (first_a.added, first_b.added, first_b.removed, first_b.replaced) == (3, 3, 0, 0)
+    expected = {(r.source, d.id): d.text for r in (a, b) for d in r.documents}
+    snapshot = records(tmp_path / "db")
+    stored = {(m["source"], m["doc_id"]): m for _, m, _ in snapshot.values()}
+    assert set(stored) == set(expected) and store.document_keys() == sorted(expected)
+    for text, meta, _ in snapshot.values():  # each record holds its own source's text
+        assert text == expected[(meta["source"], meta["doc_id"])][meta["start"] : meta["end"]]
+    assert store.info().documents == 6
+
+    again_a = store.sync_documents(a.documents, source=a.source)
+    again_b = store.sync_documents(b.documents, source=b.source)
+    for again in (again_a, again_b):
+        assert (again.unchanged, again.added, again.replaced, again.removed, again.records_written) == (3, 0, 0, 0, 0)
+    assert records(tmp_path / "db").keys() == snapshot.keys()
+
+    # Searching finds both READMEs, told apart by their sources.
+    readmes = {h.source for h in store.query("cat", k=20) if h.doc_id == "README.md"}
+    assert readmes == {a.source, b.source}
+    grouped = [(h.source, h.doc_id) for h in store.query("cat", k=6, per_document=True)]
+    assert sorted(grouped, key=str) == sorted(expected, key=str)
+
+    # Deleting with a source touches only that source; a README.md added without a source is a third document.
+    store.add_documents([Document("README.md", "A loose note about the garden.")])
+    assert store.info().documents == 7 and store.document_ids(source=a.source).count("README.md") == 1
+    assert store.delete_document("README.md", source=b.source) == 1
+    assert (b.source, "README.md") not in store.document_keys()
+    assert {(a.source, "README.md"), (None, "README.md")} <= set(store.document_keys())
+    # Vanished documents of one source are removed from that source only.
+    store.sync_documents([d for d in a.documents if d.id != "guide/deep/notes.txt"], source=a.source)
+    assert (a.source, "guide/deep/notes.txt") not in store.document_keys()
+    assert (b.source, "guide/deep/notes.txt") in store.document_keys()
