@@ -14,6 +14,7 @@ change with a transformers release (third-party architectures move to the regist
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ class _CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, H = x.shape  # batch, tokens, hidden
+        _, T, H = x.shape  # batch, tokens, hidden
         q, k, v = self.qkv(x).split(H, dim=-1)  # 3 x (B, T, H)
         scores = q @ k.transpose(1, 2) / H**0.5  # (B, T, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
@@ -87,7 +88,10 @@ class OwnAttentionModel(PreTrainedModel):
 
 class OwnTableModel(OwnAttentionModel):
     config_class = OwnTableConfig  # type: ignore[assignment]
-    _ATTENTION_CLASSES = {"eager": _CausalSelfAttention, "sdpa": _CausalSelfAttention}
+    _ATTENTION_CLASSES: ClassVar[dict[str, type[nn.Module]]] = {
+        "eager": _CausalSelfAttention,
+        "sdpa": _CausalSelfAttention,
+    }
 
     def __init__(self, config: OwnTableConfig) -> None:  # type: ignore[override]
         self._ATTENTION_CLASSES[config._attn_implementation]  # KeyError for any other implementation

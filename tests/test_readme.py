@@ -95,7 +95,8 @@ def test_readme_cheap_kvemb_lines_run(tmp_path: Path) -> None:
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "guide.md").write_text("# Guide\n\nLong documents are cut into chunks.\n", encoding="utf-8")
     (tmp_path / "notes.md").write_text("The cat sat on the mat.\n", encoding="utf-8")
-    (tmp_path / "data.jsonl").write_text('{"id": "x", "text": "A boat on the river.", "lang": "en"}\n', encoding="utf-8")
+    record = '{"id": "x", "text": "A boat on the river.", "lang": "en"}\n'
+    (tmp_path / "data.jsonl").write_text(record, encoding="utf-8")
     env = {
         **os.environ,
         "KVEMB_MODEL": str(STORIES),
