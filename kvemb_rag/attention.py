@@ -28,8 +28,10 @@ __all__ = [
     "STATE_KWARG",
     "RerouteState",
     "extend_mask",
+    "gguf_architectures",
     "kv_reroute_attention",
     "register",
+    "route",
 ]
 
 #: Name under which the attention and mask functions are registered (namespaced to this package).
@@ -151,6 +153,28 @@ def register() -> None:
     AttentionInterface.register(ATTENTION_NAME, kv_reroute_attention)
     # Masks arrive as SDPA builds them: None (plain causal, no padding) or boolean (B, 1, T, T).
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def route(model: torch.nn.Module) -> None:
+    """Route an already-loaded model's attention through :func:`kv_reroute_attention` (public v5 API).
+
+    A no-op for models loaded with ``attn_implementation=ATTENTION_NAME``. Without a re-routing state the
+    function runs transformers' SDPA attention, so generation with the same model is unchanged.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) == ATTENTION_NAME:
+        return
+    register()
+    model.set_attn_implementation(ATTENTION_NAME)  # type: ignore[operator]
+
+
+def gguf_architectures() -> frozenset[str]:
+    """GGUF ``general.architecture`` values this transformers release can load (empty when unknown)."""
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:  # moved in a later release: let transformers' own error speak
+        return frozenset()
+    return frozenset(GGUF_SUPPORTED_ARCHITECTURES)
 
 
 register()

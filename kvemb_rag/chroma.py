@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,12 +33,11 @@ from chromadb.utils.embedding_functions import register_embedding_function
 
 from kvemb_rag.config import STRATEGIES, validate_settings
 from kvemb_rag.embedder import KVEmbedder
+from kvemb_rag.models import DEFAULT_MODEL, default_model
 from kvemb_rag.shared import shared_embedder
 
 __all__ = ["DEFAULT_MODEL", "KVEmbeddingFunction"]
 
-#: Model used when neither ``model`` nor ``$KVEMB_MODEL`` is given.
-DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 
 # Settings stored in the collection configuration. `trust_remote_code` is deliberately not among them:
 # reopening a collection must never run code from the hub. `cache_dir` is machine-local and left out too.
@@ -64,7 +62,8 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
     space is cosine. The model loads on the first call, and adapters with the same settings share it.
 
     Args:
-        model: Hub name or local directory; default ``$KVEMB_MODEL``, else ``"Qwen/Qwen3-0.6B"``.
+        model: Hub name, local folder, .gguf file or bundled model; default ``$KVEMB_MODEL``, else the bundled
+            :data:`~kvemb_rag.models.DEFAULT_MODEL`.
         strategy: Engine strategy (``"kv"``, ``"kv-ablation"``, ``"last"``, ``"mean"``, ``"prompteol"``,
             ``"echo"``).
         layers: ``"auto"`` (intrinsic-dimension selection) or 0-based layer indices to re-route.
@@ -100,7 +99,7 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
         allow_unverified_architecture: bool = False,
         cache_dir: str | None = None,
     ) -> None:
-        self.model = model if model is not None else os.environ.get("KVEMB_MODEL", DEFAULT_MODEL)
+        self.model = model if model is not None else default_model()
         self.strategy = strategy
         self.layers: str | list[int] = layers if isinstance(layers, str) else [int(i) for i in layers]
         self.bias = float(bias)
@@ -198,7 +197,10 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
             raise ValueError(f"Unknown kvemb embedding-function settings {unknown}; valid: {_CONFIG_KEYS}.")
         model = config.get("model")
         if not isinstance(model, str) or not model.strip():
-            raise ValueError(f"model={model!r}: give a hub name such as {DEFAULT_MODEL!r} or a local path.")
+            raise ValueError(
+                f"model={model!r}: give a hub name, a local folder or .gguf file, or a bundled model such as "
+                f"{DEFAULT_MODEL!r}."
+            )
         strategy = config.get("strategy", "kv")
         if strategy not in STRATEGIES:
             valid = ", ".join(map(repr, STRATEGIES))

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,9 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from kvemb_rag.models import DEFAULT_MODEL, default_model
+from kvemb_rag.store import DEFAULT_CHUNK_SIZE  # the store module imports chromadb only when a store opens
+
 if TYPE_CHECKING:
     from kvemb_rag.embedder import KVEmbedder
     from kvemb_rag.store import Hit, IndexSummary, KVStore
@@ -43,8 +45,6 @@ __all__ = ["DEFAULT_MODEL", "app", "default_model", "hits_table", "main", "model
 
 logger = logging.getLogger(__name__)
 
-#: The model used when neither ``--model`` nor ``$KVEMB_MODEL`` is given.
-DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 # Exit status of user errors (typer/click use 2 for usage errors).
 _EXIT_USER_ERROR = 1
 _SNIPPET_CHARS = 160
@@ -65,15 +65,10 @@ class UserError(Exception):
     """An error caused by the command's input; printed without a traceback."""
 
 
-def default_model() -> str:
-    """``$KVEMB_MODEL`` when set, else :data:`DEFAULT_MODEL`."""
-    return os.environ.get("KVEMB_MODEL") or DEFAULT_MODEL
-
-
 def model_argument(model: str) -> str:
-    """A local model directory as an absolute path (so the collection records a usable location)."""
+    """A local model folder or file as an absolute path (so the collection records a usable location)."""
     path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
+    return str(path.resolve()) if path.exists() else model
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -120,7 +115,9 @@ def _main_options(
     )
 
 
-def _open_store(db: Path | None, collection: str, *, must_exist: bool, url: str | None = None) -> KVStore:
+def _open_store(
+    db: Path | None, collection: str, *, must_exist: bool, url: str | None = None, chunk_size: int | None = None
+) -> KVStore:
     from kvemb_rag.store import KVStore
 
     if url is not None:
@@ -128,7 +125,7 @@ def _open_store(db: Path | None, collection: str, *, must_exist: bool, url: str 
             raise UserError(
                 "Give either --db (a local database folder) or --url (a Chroma server), not both."
             )
-        return KVStore(url=url, collection=collection)
+        return KVStore(url=url, collection=collection, chunk_size=chunk_size)
     if db is None:
         raise UserError(
             "Missing --db DIR (the database folder), or --url http://host:port for a Chroma server."
@@ -137,7 +134,7 @@ def _open_store(db: Path | None, collection: str, *, must_exist: bool, url: str 
         raise UserError(f"--db {str(db)!r} is a file; give a folder for the database.")
     if must_exist and not db.is_dir():
         raise UserError(f"No database at {str(db)!r}. Create one with `kvemb index PATH --db {db}`.")
-    return KVStore(db, collection=collection)
+    return KVStore(db, collection=collection, chunk_size=chunk_size)
 
 
 # ------------------------------------------------------------------------------------------- index
@@ -204,13 +201,22 @@ def index(
         typer.Option(
             "--model",
             "-m",
-            help="Hub name or local folder; default the collection's model, else $KVEMB_MODEL, else "
-            f"{DEFAULT_MODEL}.",
+            help="Hub name, local folder, .gguf file or bundled model; default the collection's model, else "
+            f"$KVEMB_MODEL, else {DEFAULT_MODEL}.",
+        ),
+    ] = None,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-size",
+            min=16,
+            help="Tokens per stored chunk, prompt included; default the collection's, else "
+            f"{DEFAULT_CHUNK_SIZE} (measured, see docs/chunk-size.md).",
         ),
     ] = None,
     max_length: Annotated[
         int | None,
-        typer.Option("--max-length", help="Tokens per chunk, prompt included (default: engine's)."),
+        typer.Option("--max-length", help="Longest text the engine embeds in one pass (default: 4096 or context)."),
     ] = None,
     overlap: Annotated[
         int | None,
@@ -253,7 +259,7 @@ def index(
                         f"File {file!r} comes from both {first} and {read.source}; give overlapping paths "
                         "once (the folder, or the files in it)."
                     )
-        store = _open_store(db, collection, must_exist=False, url=url)
+        store = _open_store(db, collection, must_exist=False, url=url, chunk_size=chunk_size)
         try:
             store.embedder = _build_embedder(
                 store,
@@ -451,7 +457,9 @@ def layers(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", "-m", help=f"Hub name or local folder; default $KVEMB_MODEL or {DEFAULT_MODEL}."
+            "--model",
+            "-m",
+            help=f"Hub name, folder, .gguf file or bundled model; default $KVEMB_MODEL or {DEFAULT_MODEL}.",
         ),
     ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot of the curve here.")] = None,

@@ -144,7 +144,10 @@ class EmbedderConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError(f"model={self.model!r}: give a hub name such as 'Qwen/Qwen3-0.6B' or a local directory.")
+            raise ValueError(
+                f"model={self.model!r}: give a hub name such as 'Qwen/Qwen3-0.6B', a local folder or .gguf file, or a "
+                "bundled model such as 'smollm2-135m-instruct'."
+            )
         _check_choice("strategy", self.strategy, STRATEGIES)
         if isinstance(self.layers, str):
             if self.layers != "auto":

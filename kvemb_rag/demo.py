@@ -1,29 +1,39 @@
-"""The project demo (``make demo`` / ``python -m kvemb_rag.demo``).
+"""The project demo (``make demo`` / ``python -m kvemb_rag.demo``): offline RAG with one loaded model.
 
-1. Embeds a few sentences and prints their cosine-similarity matrix.
-2. Indexes the project's own documentation (``README.md`` and ``docs/*.md``) into a local store under
+1. Loads the LLM once (:func:`~kvemb_rag.loader.load_causal_lm`) and builds the embedder on the same
+   weights (:meth:`KVEmbedder.from_model <kvemb_rag.KVEmbedder.from_model>`).
+2. Embeds a few sentences and prints their cosine-similarity matrix.
+3. Indexes the project's own documentation (``README.md`` and ``docs/*.md``) into a local store under
    ``.kvemb/demo-store`` (re-runs only embed what changed).
-3. Runs three searches over it and prints the ranked chunks.
+4. Runs three searches over it and prints the ranked chunks.
+5. Answers a question with the same model from the retrieved chunks, citing them.
 
-The model comes from ``$KVEMB_MODEL`` (default ``Qwen/Qwen3-0.6B``); for a quick offline run use the tiny test
-model: ``KVEMB_MODEL=../shared/data/models/stories260K/hf python -m kvemb_rag.demo``.
+The model is ``$KVEMB_MODEL``, else the bundled default (:data:`kvemb_rag.models.DEFAULT_MODEL`, installed
+from the package index: no hub access needed).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kvemb_rag.cli import default_model, hits_table, model_argument, summary_table
+from kvemb_rag.cli import hits_table, model_argument, summary_table
 from kvemb_rag.embedder import KVEmbedder
+from kvemb_rag.loader import load_causal_lm
+from kvemb_rag.models import default_model
 from kvemb_rag.sources import Document
-from kvemb_rag.store import EmbedderMismatchError, KVStore
+from kvemb_rag.store import EmbedderMismatchError, Hit, KVStore
 
-__all__ = ["QUERIES", "SENTENCES", "main", "project_documents"]
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+__all__ = ["QUERIES", "QUESTION", "SENTENCES", "answer", "main", "project_documents"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +51,9 @@ QUERIES: tuple[str, ...] = (
     "What happens to a text longer than max_length?",
     "Which errors does the engine raise for empty strings?",
 )
+#: The question answered from the retrieved chunks by the same model.
+QUESTION = "What happens to a text longer than max_length?"
+_ANSWER_TOKENS = 96
 _ROOT = Path(__file__).resolve().parents[1]
 _STORE = _ROOT / ".kvemb" / "demo-store"
 _COLLECTION = "project-docs"
@@ -83,13 +96,36 @@ def _similarity_table(embedder: KVEmbedder) -> Table:
     return table
 
 
+def answer(
+    llm: PreTrainedModel, tokenizer: Any, question: str, hits: Sequence[Hit], max_new_tokens: int = _ANSWER_TOKENS
+) -> str:
+    """Answer ``question`` from the retrieved chunks with the LLM (greedy), asking it to cite them as [n]."""
+    context = "\n\n".join(f"[{i}] {' '.join(hit.text.split())}" for i, hit in enumerate(hits, start=1))
+    prompt = (
+        "Answer the question using only the numbered context passages, and cite the passage numbers you used "
+        f"like [1].\n\nContext:\n{context}\n\nQuestion: {question}"
+    )
+    if getattr(tokenizer, "chat_template", None):
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    else:
+        inputs = tokenizer(prompt + "\nAnswer:", return_tensors="pt")
+    inputs = {k: v.to(llm.device) for k, v in inputs.items()}
+    output = llm.generate(  # type: ignore[operator]
+        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+    )
+    return str(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
+
+
 def main() -> None:
-    """Run the demo: similarity matrix, index the docs, three searches."""
+    """Run the demo: one model for embedding and generation, similarity matrix, index, searches, answer."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     model = model_argument(default_model())
     console.print(f"[bold]kvemb-rag demo[/bold] -- model {model}")
-    embedder = KVEmbedder(model)
+    llm, tokenizer = load_causal_lm(model)
+    embedder = KVEmbedder.from_model(llm, tokenizer)  # the same weights embed and generate
     console.print(repr(embedder))
     console.print(_similarity_table(embedder))
 
@@ -107,6 +143,11 @@ def main() -> None:
         console.print(summary_table(summary, f"{_COLLECTION} ({_STORE.relative_to(_ROOT)})"))
         for query in QUERIES:
             console.print(hits_table(store.query(query, k=3), repr(query)))
+        hits = store.query(QUESTION, k=3)
+    console.print(f"[bold]Question:[/bold] {QUESTION}")
+    console.print(f"[bold]Answer[/bold] ({model}, from the chunks above):", answer(llm, tokenizer, QUESTION, hits))
+    for i, hit in enumerate(hits, start=1):
+        console.print(f"  [{i}] {hit.doc_id} characters {hit.start}-{hit.end} (score {hit.score:.3f})")
 
 
 if __name__ == "__main__":

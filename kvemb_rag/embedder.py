@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,12 +25,25 @@ from kvemb_rag.config import (
     EmbedderConfig,
     LayerSelectionConfig,
 )
-from kvemb_rag.loader import LoadedModel, load_model
+from kvemb_rag.loader import LoadedModel, attach_model, load_model
+from kvemb_rag.models import default_model
 from kvemb_rag.pooling import pool
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["KVEmbedder"]
 
 logger = logging.getLogger(__name__)
+
+
+class _Attaching(threading.local):
+    """The loaded model :meth:`KVEmbedder.from_model` hands to ``__init__`` (per thread, during the call)."""
+
+    loaded: LoadedModel | None = None
+
+
+_ATTACHING = _Attaching()
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,9 @@ class KVEmbedder:
     are the paper's baselines, with the same API.
 
     Args:
-        model: Hub name (e.g. ``"Qwen/Qwen3-0.6B"``) or local directory of a decoder-only model.
+        model: A decoder-only LLM: hub name (e.g. ``"Qwen/Qwen3-0.6B"``), local folder, GGUF file (or a folder
+            holding one), or bundled model name; default ``$KVEMB_MODEL``, else the bundled
+            :data:`~kvemb_rag.models.DEFAULT_MODEL` (SmolLM2-135M-Instruct, installed from the package index).
         strategy: ``"kv"`` (the method), ``"kv-ablation"`` (same prompt and pooling, no re-routing),
             ``"last"``, ``"mean"``, ``"prompteol"`` or ``"echo"``.
         layers: ``"auto"`` (intrinsic-dimension selection, cached on disk) or 0-based layer indices.
@@ -83,7 +99,7 @@ class KVEmbedder:
 
     def __init__(
         self,
-        model: str,
+        model: str | None = None,
         *,
         strategy: str = "kv",
         layers: str | Sequence[int] = "auto",
@@ -104,7 +120,7 @@ class KVEmbedder:
         show_progress_bar: bool | None = None,
     ) -> None:
         self.config = EmbedderConfig(
-            model=str(model),
+            model=default_model() if model is None else str(model),
             strategy=strategy,
             layers=layers if isinstance(layers, str) else tuple(layers),
             bias=bias,
@@ -123,19 +139,80 @@ class KVEmbedder:
         self._device_arg = device
         self._dtype_arg = dtype
         self._calibration_texts = list(calibration_texts) if calibration_texts is not None else None
-        self._loaded: LoadedModel = load_model(
+        attached = _ATTACHING.loaded
+        self._loaded: LoadedModel = attached if attached is not None else load_model(
             self.config.model,
             revision=revision,
             device=device,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             allow_unverified_architecture=allow_unverified_architecture,
+            cache_dir=cache_dir,
         )
         self.max_length = self._resolve_max_length(max_length)
         self.id_curve: list[float] | None = None
         self.layers: tuple[int, ...] = self._resolve_layers()
         if self.layers:
             self._census()
+
+    @classmethod
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        *,
+        name: str | None = None,
+        weights_id: str | None = None,
+        **settings: Any,
+    ) -> KVEmbedder:
+        """An embedder on an already-loaded model, sharing its weights (no second copy in memory).
+
+        A RAG application that already holds its LLM for generation embeds with the same weights. The
+        model's attention is routed through kvemb-rag's registered function, which runs transformers' own
+        SDPA attention whenever no re-routing state is passed, so generation is unchanged.
+
+        Args:
+            model: A causal LM (e.g. from :func:`kvemb_rag.loader.load_causal_lm` or
+                ``AutoModelForCausalLM.from_pretrained``) or its base model; it keeps its device and dtype.
+            tokenizer: Its fast tokenizer (copied; the original is not changed).
+            name: The model name recorded in :attr:`identity`; default the one it was loaded from.
+            weights_id: Identity of the weights for stores; default the GGUF file's hash when it came from
+                :func:`~kvemb_rag.loader.load_causal_lm`, else a hash of the parameters.
+            **settings: Other :class:`KVEmbedder` settings (``strategy``, ``layers``, ``max_length``...);
+                ``device``, ``dtype`` and ``revision`` are the model's own and cannot be given.
+
+        Returns:
+            The embedder; :attr:`model` is ``model``'s base model (the same tensors).
+
+        Example:
+            >>> from kvemb_rag.loader import load_causal_lm
+            >>> llm, tok = load_causal_lm("smollm2-135m-instruct")  # doctest: +SKIP
+            >>> emb = KVEmbedder.from_model(llm, tok)  # doctest: +SKIP
+            >>> emb.model is llm.model  # doctest: +SKIP
+            True
+        """
+        fixed = sorted({"device", "dtype", "revision", "trust_remote_code"} & set(settings))
+        if fixed:
+            raise TypeError(
+                f"KVEmbedder.from_model() got {fixed}: an attached model keeps its own device, dtype and weights; "
+                "move or cast the model itself before attaching it."
+            )
+        loaded = attach_model(
+            model,
+            tokenizer,
+            name=name,
+            weights_id=weights_id,
+            allow_unverified_architecture=bool(settings.get("allow_unverified_architecture", False)),
+        )
+        return cls._on_loaded(loaded, loaded.name, settings)
+
+    @classmethod
+    def _on_loaded(cls, loaded: LoadedModel, model: str, settings: dict[str, Any]) -> KVEmbedder:
+        _ATTACHING.loaded = loaded
+        try:
+            return cls(model, device=loaded.device, dtype=loaded.dtype, **settings)
+        finally:
+            _ATTACHING.loaded = None
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -219,6 +296,13 @@ class KVEmbedder:
             raise TypeError(f"with_options() got unknown settings {sorted(unknown)}; valid: {sorted(kwargs)}.")
         kwargs.update(changes)
         model = kwargs.pop("model")
+        if self._loaded.attached and model == self.config.model:
+            # An attached model cannot be reloaded by name: the new embedder shares it.
+            for fixed in ("device", "dtype"):
+                if fixed in changes and changes[fixed] != kwargs[fixed]:
+                    raise ValueError(f"{fixed} of an attached model cannot change ({changes[fixed]!r} given).")
+                kwargs.pop(fixed)
+            return KVEmbedder._on_loaded(self._loaded, model, kwargs)
         return KVEmbedder(model, **kwargs)
 
     # ------------------------------------------------------------------------------------ set-up
@@ -304,22 +388,37 @@ class KVEmbedder:
         """Number of tokens of ``text`` with its template applied (special tokens included)."""
         return len(self.tokenizer(self.format(text, prompt))["input_ids"])
 
-    def chunk(self, text: str, prompt: str = "document", overlap: int = 0) -> list[Chunk]:
-        """Split ``text`` into chunks that each fit :attr:`max_length` with the template applied.
+    def chunk(
+        self, text: str, prompt: str = "document", overlap: int = 0, *, max_tokens: int | None = None
+    ) -> list[Chunk]:
+        """Split ``text`` into chunks that each fit ``max_tokens`` with the template applied.
 
         Args:
             text: The document.
             prompt: The side whose template is applied (``"query"`` or ``"document"``).
             overlap: Tokens shared by consecutive chunks.
+            max_tokens: Tokens per chunk, template included; default (and at most) :attr:`max_length`.
+                Retrieval stores use smaller chunks than the engine can embed (see ``KVStore(chunk_size=)``).
 
         Returns:
             Chunks with their character spans in ``text``; ``[]`` for an empty or whitespace-only text.
+
+        Raises:
+            ValueError: ``max_tokens`` is not an int between the template's own length + 1 and
+                :attr:`max_length`.
         """
         self.config.template(prompt)  # validates `prompt`
+        budget = self.max_length if max_tokens is None else max_tokens
+        floor = self.count_tokens("", prompt) + 1
+        if isinstance(budget, bool) or not isinstance(budget, int) or not floor <= budget <= self.max_length:
+            raise ValueError(
+                f"max_tokens={max_tokens!r}: a chunk must hold the {prompt} template ({floor - 1} tokens) and some "
+                f"text, and fit the engine's max_length; use an int in [{floor}, {self.max_length}]."
+            )
         return chunk_text(
             text,
             tokenizer=self.tokenizer,
-            max_tokens=self.max_length,
+            max_tokens=budget,
             count_tokens=lambda piece: self.count_tokens(piece, prompt),
             overlap=overlap,
         )

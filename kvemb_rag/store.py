@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from kvemb_rag.embedder import KVEmbedder
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
     "DEFAULT_COLLECTION",
     "DEFAULT_PATH",
     "CollectionInfo",
@@ -83,11 +84,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "kvemb"
 #: On-disk location used when neither a path nor a URL is given (relative to the working directory).
 DEFAULT_PATH = ".kvemb/store"
+#: Tokens per stored chunk (template included) when neither the store nor the collection says otherwise. A
+#: retrieval decision, separate from the longest text the engine can embed (its ``max_length``): measured
+#: on QMSum passage retrieval (``benchmarks/chunk_size.py``, ``docs/chunk-size.md``).
+DEFAULT_CHUNK_SIZE = 256
+_MIN_CHUNK_SIZE = 16
 
 # Collection-metadata keys written by this module.
 _IDENTITY_KEY = "kvemb_identity"
 _FORMAT_KEY = "kvemb_format"
 _OVERLAP_KEY = "kvemb_overlap"
+_CHUNK_SIZE_KEY = "kvemb_chunk_size"
 _FORMAT_VERSION = 1
 _SPACE = "cosine"
 # Records written per upsert unless the caller asks for fewer; always capped by the client's maximum.
@@ -452,9 +459,16 @@ def _decode_metadata(stored: Mapping[str, Any] | None) -> dict[str, Any]:
     return user
 
 
-def _content_key(document: Document, overlap: int, encoded: Mapping[str, Any]) -> str:
+def _content_key(document: Document, chunking: tuple[int, int], encoded: Mapping[str, Any]) -> str:
+    chunk_size, overlap = chunking
     payload = json.dumps(
-        {"text": document.text, "overlap": overlap, "metadata": encoded, "source": document.source},
+        {
+            "text": document.text,
+            "chunk_size": chunk_size,
+            "overlap": overlap,
+            "metadata": encoded,
+            "source": document.source,
+        },
         sort_keys=True,
         ensure_ascii=False,
     )
@@ -482,12 +496,15 @@ class KVStore:
         client: An existing ``chromadb`` client, used instead of ``path`` / ``url`` (not closed by
             :meth:`close`).
         overlap: Default token overlap between consecutive chunks of a document.
+        chunk_size: Tokens per chunk, template included: how much text one search hit returns. Default: the
+            collection's recorded chunk size, else :data:`DEFAULT_CHUNK_SIZE` (or the embedder's
+            ``max_length`` when that is smaller). At most the embedder's ``max_length``.
         write_batch_size: Records per upsert (capped by ``client.get_max_batch_size()``).
         headers: HTTP headers for the server (e.g. authentication), with ``url`` only.
 
     Raises:
         ValueError: More than one of ``path`` / ``url`` / ``client`` given, a malformed ``url``, or a bad
-            ``overlap`` / ``write_batch_size``.
+            ``overlap`` / ``chunk_size`` / ``write_batch_size``.
 
     Example:
         >>> store = KVStore(".kvemb/store", embedder=KVEmbedder("Qwen/Qwen3-0.6B"))  # doctest: +SKIP
@@ -504,6 +521,7 @@ class KVStore:
         embedder: KVEmbedder | None = None,
         client: ClientAPI | None = None,
         overlap: int = 0,
+        chunk_size: int | None = None,
         write_batch_size: int = _DEFAULT_WRITE_BATCH,
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -515,6 +533,13 @@ class KVStore:
         if headers is not None and url is None:
             raise ValueError("headers= only applies to a Chroma server; give url='http://host:port' too.")
         self._check_overlap(overlap)
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < _MIN_CHUNK_SIZE
+        ):
+            raise ValueError(
+                f"chunk_size must be None (the collection's, else {DEFAULT_CHUNK_SIZE}) or an int >= "
+                f"{_MIN_CHUNK_SIZE} (tokens per chunk, template included); got {chunk_size!r}."
+            )
         if (
             isinstance(write_batch_size, bool)
             or not isinstance(write_batch_size, int)
@@ -542,6 +567,7 @@ class KVStore:
         self.collection_name = collection
         self.embedder = embedder
         self.overlap = overlap
+        self.chunk_size = chunk_size
         self.write_batch_size = write_batch_size
         self._collection: Collection | None = None
         self._checked_identity: str | None = None
@@ -637,6 +663,29 @@ class KVStore:
     def _recorded_overlap(col: Collection) -> int | None:
         value = (col.metadata or {}).get(_OVERLAP_KEY)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def recorded_chunk_size(self) -> int | None:
+        """The chunk size of the collection's last indexing run (``None`` if none or no collection)."""
+        col = self._find_collection()
+        return None if col is None else self._recorded_chunk_size(col)
+
+    @staticmethod
+    def _recorded_chunk_size(col: Collection) -> int | None:
+        value = (col.metadata or {}).get(_CHUNK_SIZE_KEY)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _resolve_chunk_size(self, col: Collection, embedder: KVEmbedder) -> int:
+        """This run's chunk size: the store's, else the collection's, else the default (within max_length)."""
+        if self.chunk_size is not None:
+            if self.chunk_size > embedder.max_length:
+                raise ValueError(
+                    f"chunk_size={self.chunk_size} exceeds the embedder's max_length={embedder.max_length}; use a "
+                    "chunk_size <= max_length, or an embedder with a larger max_length."
+                )
+            return self.chunk_size
+        recorded = self._recorded_chunk_size(col)
+        return min(recorded or DEFAULT_CHUNK_SIZE, embedder.max_length)
 
     @staticmethod
     def _space(col: Collection) -> str | None:
@@ -946,10 +995,11 @@ class KVStore:
             )
         embedder = self._require_embedder()
         col = self._writable_collection()
-        if self._recorded_overlap(col) != overlap:
-            # Remembered so that a later run without an explicit overlap chunks the same way (see the CLI).
+        chunk_size = self._resolve_chunk_size(col, embedder)
+        if self._recorded_overlap(col) != overlap or self._recorded_chunk_size(col) != chunk_size:
+            # Remembered so that a later run without explicit settings chunks the same way.
             kept = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
-            col.modify(metadata={**kept, _OVERLAP_KEY: overlap})
+            col.modify(metadata={**kept, _OVERLAP_KEY: overlap, _CHUNK_SIZE_KEY: chunk_size})
         batch = self._batch_size()
         counters = _Counters()
         queue: list[_Pending] = []
@@ -1007,7 +1057,8 @@ class KVStore:
             keys = {_doc_key(d) for d in part}
             by_doc = self._stored_records(col, [d.id for d in part], keys.__contains__)
             for doc in part:
-                self._plan_document(doc, overlap, by_doc.get(_doc_key(doc), {}), col, queue, counters, delete_ids)
+                existing = by_doc.get(_doc_key(doc), {})
+                self._plan_document(doc, (chunk_size, overlap), existing, col, queue, counters, delete_ids)
                 report()
                 while len(queue) >= batch:
                     flush()
@@ -1041,7 +1092,7 @@ class KVStore:
     def _plan_document(
         self,
         doc: Document,
-        overlap: int,
+        chunking: tuple[int, int],
         existing: Mapping[str, Mapping[str, Any]],
         col: Collection,
         queue: list[_Pending],
@@ -1050,7 +1101,7 @@ class KVStore:
     ) -> None:
         """Classify one document and queue the records it still needs."""
         encoded, json_keys = _encode_metadata(doc.metadata)
-        key = _content_key(doc, overlap, encoded)
+        key = _content_key(doc, chunking, encoded)
         same = [m for m in existing.values() if m.get("content_hash") == key]
         if existing and len(same) == len(existing):
             n_chunks = int(same[0].get("n_chunks", -1))
@@ -1060,7 +1111,7 @@ class KVStore:
                 counters.documents_done += 1
                 return
         embedder = self._require_embedder()
-        chunks = embedder.chunk(doc.text, "document", overlap)
+        chunks = embedder.chunk(doc.text, "document", chunking[1], max_tokens=chunking[0])
         ids = [_record_id(doc.id, c.index, key) for c in chunks]
         wanted = set(ids)
         stale = sorted(set(existing) - wanted)

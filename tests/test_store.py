@@ -385,3 +385,31 @@ def test_sources_with_colliding_ids_never_touch_each_other(store: KVStore, tmp_p
     store.sync_documents([d for d in a.documents if d.id != "guide/deep/notes.txt"], source=a.source)
     assert (a.source, "guide/deep/notes.txt") not in store.document_keys()
     assert (b.source, "guide/deep/notes.txt") in store.document_keys()
+
+
+def test_chunk_size_is_a_store_setting(tmp_path: Path, tiny_embedder: KVEmbedder) -> None:
+    """Chunks follow the store's chunk size (default DEFAULT_CHUNK_SIZE), recorded for later runs."""
+    from kvemb_rag.store import DEFAULT_CHUNK_SIZE
+
+    assert tiny_embedder.max_length == 512 > DEFAULT_CHUNK_SIZE
+    doc = Document("long", story(7, 60))
+
+    def n_tokens(path: Path) -> list[int]:
+        return [int(m["n_tokens"]) for _, m, _ in records(path).values()]
+
+    with KVStore(tmp_path / "db", embedder=tiny_embedder) as store:
+        store.add_documents([doc])
+        assert store.recorded_chunk_size == DEFAULT_CHUNK_SIZE
+    default = n_tokens(tmp_path / "db")
+    assert len(default) > 1 and max(default) <= DEFAULT_CHUNK_SIZE
+    with KVStore(tmp_path / "db", embedder=tiny_embedder, chunk_size=128) as store:
+        assert store.add_documents([doc]).replaced == 1  # re-chunked at the new size
+        assert store.recorded_chunk_size == 128
+    smaller = n_tokens(tmp_path / "db")
+    assert len(smaller) > len(default) and max(smaller) <= 128
+    with KVStore(tmp_path / "db", embedder=tiny_embedder) as store:  # no setting: the collection's size
+        assert store.add_documents([doc]).unchanged == 1
+    with pytest.raises(ValueError, match="chunk_size=1024 exceeds the embedder's max_length=512"):
+        KVStore(tmp_path / "db2", embedder=tiny_embedder, chunk_size=1024).add_documents([doc])
+    with pytest.raises(ValueError, match=r"chunk_size must be None .* or an int >= 16.*got 4"):
+        KVStore(tmp_path / "db3", chunk_size=4)

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -22,7 +24,7 @@ from transformers import (
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf"
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 VOCAB = 96
 _COMMON = dict(
     vocab_size=VOCAB,
@@ -35,6 +37,7 @@ _COMMON = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=False,
 )
+GEMMA3_SLIDING, GEMMA3_FULL = "sliding_attention", "full_attention"
 
 
 def _config(arch: str):
@@ -46,6 +49,22 @@ def _config(arch: str):
         return Qwen2Config(**_COMMON), Qwen2ForCausalLM  # q/k/v projections carry biases
     if arch == "qwen3":
         return Qwen3Config(**_COMMON, head_dim=24), Qwen3ForCausalLM  # per-head q/k norms, head_dim != hidden/heads
+    if arch == "gemma3_text":
+        # Interleaved sliding/full layers with a window far shorter than the test texts; the reference tests
+        # re-route layers 1 (sliding) and 2 (full). Scaling by query_pre_attn_scalar != head_dim, distinct
+        # local/global RoPE bases, (1 + w) RMSNorms, sandwich norms, scaled embeddings, GeGLU MLP.
+        config = Gemma3TextConfig(
+            **_COMMON,
+            head_dim=24,
+            query_pre_attn_scalar=32,
+            sliding_window=4,
+            layer_types=[GEMMA3_SLIDING, GEMMA3_SLIDING, GEMMA3_FULL, GEMMA3_SLIDING],
+            rope_parameters={
+                GEMMA3_SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
+                GEMMA3_FULL: {"rope_type": "default", "rope_theta": 1_000_000.0},
+            },
+        )
+        return config, Gemma3ForCausalLM
     raise ValueError(arch)
 
 

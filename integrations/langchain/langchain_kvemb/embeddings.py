@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, Literal
 
 from langchain_core.embeddings import Embeddings
@@ -12,16 +11,11 @@ from typing_extensions import Self
 
 from kvemb_rag import KVEmbedder
 from kvemb_rag.config import validate_settings
+from kvemb_rag.models import DEFAULT_MODEL, default_model
 from kvemb_rag.shared import shared_embedder
 
 __all__ = ["DEFAULT_MODEL", "KVEmbeddings"]
 
-#: Model used when neither ``model`` nor ``$KVEMB_MODEL`` is given.
-DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
-
-
-def _default_model() -> str:
-    return os.environ.get("KVEMB_MODEL", DEFAULT_MODEL)
 
 
 class KVEmbeddings(BaseModel, Embeddings):
@@ -38,7 +32,7 @@ class KVEmbeddings(BaseModel, Embeddings):
 
     Example:
         >>> from langchain_kvemb import KVEmbeddings
-        >>> embeddings = KVEmbeddings(model="Qwen/Qwen3-0.6B")  # nothing is loaded yet
+        >>> embeddings = KVEmbeddings()  # the bundled default model; nothing is loaded yet
         >>> vectors = embeddings.embed_documents(["Cats purr.", "Stocks fell."])  # doctest: +SKIP
         >>> query = embeddings.embed_query("Which animal purrs?")  # doctest: +SKIP
         >>> len(query) == len(vectors[0])  # doctest: +SKIP
@@ -48,8 +42,9 @@ class KVEmbeddings(BaseModel, Embeddings):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: str = Field(
-        default_factory=_default_model,
-        description="Hub name or local directory of a decoder-only LLM; default $KVEMB_MODEL, else "
+        default_factory=default_model,
+        description="Hub name, local folder, .gguf file or bundled model name of a decoder-only LLM; default "
+        "$KVEMB_MODEL, else "
         f"{DEFAULT_MODEL!r}.",
     )
     strategy: Literal["kv", "kv-ablation", "last", "mean", "prompteol", "echo"] = Field(

@@ -63,7 +63,7 @@ def test_model_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVEMB_MODEL", TINY_MODEL)
     assert KVEmbedding().model_name == TINY_MODEL
     monkeypatch.delenv("KVEMB_MODEL")
-    assert KVEmbedding().model_name == "Qwen/Qwen3-0.6B"
+    assert KVEmbedding().model_name == "smollm2-135m-instruct"
 
 
 @pytest.mark.parametrize(

@@ -66,9 +66,9 @@ def test_defaults_and_fields() -> None:
     }
 
 
-def test_model_defaults_to_qwen_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_defaults_to_the_bundled_model_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KVEMB_MODEL", raising=False)
-    assert KVEmbeddings().model == "Qwen/Qwen3-0.6B"
+    assert KVEmbeddings().model == "smollm2-135m-instruct"
 
 
 @pytest.mark.parametrize(

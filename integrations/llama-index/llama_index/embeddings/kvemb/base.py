@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, Literal
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
@@ -14,21 +13,16 @@ from typing_extensions import Self
 
 from kvemb_rag import KVEmbedder
 from kvemb_rag.config import validate_settings
+from kvemb_rag.models import DEFAULT_MODEL, default_model
 from kvemb_rag.shared import shared_embedder
 
 __all__ = ["DEFAULT_MODEL", "KVEmbedding"]
 
-#: Model used when neither ``model_name`` nor ``$KVEMB_MODEL`` is given.
-DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 
 # Tokens kept free in every node: SentenceSplitter counts its pieces separately (token counts are not
 # exactly additive across piece boundaries) and LlamaIndex joins metadata and text with "\n\n".
 _MIN_MARGIN = 8
 _MARGIN_FRACTION = 1 / 32
-
-
-def _default_model() -> str:
-    return os.environ.get("KVEMB_MODEL", DEFAULT_MODEL)
 
 
 class _TokenIds:
@@ -61,14 +55,15 @@ class KVEmbedding(BaseEmbedding):
 
     Example:
         >>> from llama_index.embeddings.kvemb import KVEmbedding
-        >>> embed_model = KVEmbedding(model_name="Qwen/Qwen3-0.6B")  # nothing is loaded yet
+        >>> embed_model = KVEmbedding()  # the bundled default model; nothing is loaded yet
         >>> splitter = embed_model.node_parser(chunk_overlap=32)  # doctest: +SKIP
         >>> vector = embed_model.get_query_embedding("Which animal purrs?")  # doctest: +SKIP
     """
 
     model_name: str = Field(
-        default_factory=_default_model,
-        description="Hub name or local directory of a decoder-only LLM; default $KVEMB_MODEL, else "
+        default_factory=default_model,
+        description="Hub name, local folder, .gguf file or bundled model name of a decoder-only LLM; default "
+        "$KVEMB_MODEL, else "
         f"{DEFAULT_MODEL!r}.",
     )
     embed_batch_size: int = Field(default=16, gt=0, le=2048, description="Texts per forward pass.")
