@@ -9,10 +9,13 @@ the evidence for a question lands in that budget, so chunk sizes are compared at
 * ``ndcg@10``: a chunk is relevant when it overlaps the span (favours large chunks, shown for context);
 * ``hit@1``: the first chunk overlaps the span.
 
-Corpus: the first ``--meetings`` QMSum validation transcripts, all chunked together; queries: their
-specific queries. Results are written after each size, and a re-run skips the sizes already measured.
+Each is reported with the query's own meeting as the candidate set (``meeting/``, QMSum's "locate the
+evidence" setting) and with every chunk of every meeting (``corpus/``). Corpus: the first ``--meetings``
+QMSum validation transcripts; queries: their specific queries. Results are written after each size, and a
+re-run skips the sizes already measured.
 
-    python -m benchmarks.chunk_size --model smollm2-135m-instruct --sizes 128,256,512,1024
+    python -m benchmarks.chunk_size --task qmsum --meetings 5 --sizes 256,512,128
+    python -m benchmarks.chunk_size --task scifact --queries 50 --distractors 250 --sizes 256,128,512
 """
 
 from __future__ import annotations
@@ -67,8 +70,30 @@ def _covered(spans: list[tuple[int, int]], taken: list[tuple[int, int]]) -> floa
     return hit / total
 
 
+def _rank_metrics(
+    query: dict[str, Any], order: np.ndarray, chunks: list[tuple[Any, ...]], budget: int
+) -> dict[str, float]:
+    """Evidence recall within ``budget`` tokens, nDCG@10 and hit@1 of one ranking of chunk indices."""
+    relevant = [
+        chunks[i][0] == query["doc"] and any(chunks[i][1] < b and a < chunks[i][2] for a, b in query["spans"])
+        for i in order
+    ]
+    used, taken = 0, []
+    for i in order:
+        if taken and used + chunks[i][3] > budget:
+            break
+        used += chunks[i][3]
+        taken.append((chunks[i][1], chunks[i][2]) if chunks[i][0] == query["doc"] else None)
+    recall = _covered(query["spans"], [t for t in taken if t is not None])
+    gains = [1.0 if r else 0.0 for r in relevant[:10]]
+    dcg = sum(g / math.log2(r + 2) for r, g in enumerate(gains))
+    ideal = sum(1.0 / math.log2(r + 2) for r in range(min(10, sum(relevant))))
+    return {"recall": recall, "ndcg": dcg / ideal if ideal else 0.0, "hit": 1.0 if relevant[0] else 0.0}
+
+
 def measure(embedder: Any, corpus: dict[str, str], queries: list[dict[str, Any]], size: int,
             budgets: list[int]) -> dict[str, Any]:
+    """Chunk every transcript at ``size`` tokens; score each query within its meeting and over all of them."""
     started = time.perf_counter()
     chunks = []  # (doc, start, end, n_tokens, text)
     for doc_id, text in corpus.items():
@@ -77,63 +102,65 @@ def measure(embedder: Any, corpus: dict[str, str], queries: list[dict[str, Any]]
     vectors = embedder.encode_document([c[4] for c in chunks], show_progress_bar=False)  # (n, dim)
     q_vectors = embedder.encode_query([q["text"] for q in queries], show_progress_bar=False)  # (m, dim)
     scores = q_vectors @ vectors.T  # (m, n)
+    owner = np.array([c[0] for c in chunks])
     out: dict[str, Any] = {"size": size, "chunks": len(chunks), "mean_tokens": float(np.mean([c[3] for c in chunks]))}
-    recalls: dict[int, list[float]] = {b: [] for b in budgets}
-    ndcgs, hits = [], []
-    for qi, query in enumerate(queries):
-        order = np.argsort(-scores[qi])
-        relevant = [
-            chunks[i][0] == query["doc"] and any(chunks[i][1] < b and a < chunks[i][2] for a, b in query["spans"])
-            for i in range(len(chunks))
-        ]
+    for scope in ("meeting", "corpus"):
         for budget in budgets:
-            used, taken = 0, []
-            for i in order:
-                if taken and used + chunks[i][3] > budget:
-                    break
-                used += chunks[i][3]
-                taken.append((chunks[i][1], chunks[i][2]) if chunks[i][0] == query["doc"] else None)
-            recalls[budget].append(_covered(query["spans"], [t for t in taken if t is not None]))
-        gains = [1.0 if relevant[i] else 0.0 for i in order[:10]]
-        dcg = sum(g / math.log2(r + 2) for r, g in enumerate(gains))
-        ideal = sum(1.0 / math.log2(r + 2) for r in range(min(10, sum(relevant))))
-        ndcgs.append(dcg / ideal if ideal else 0.0)
-        hits.append(1.0 if relevant[order[0]] else 0.0)
-    for budget in budgets:
-        out[f"evidence_recall@{budget}"] = float(np.mean(recalls[budget]))
-    out["ndcg@10"] = float(np.mean(ndcgs))
-    out["hit@1"] = float(np.mean(hits))
+            rows = []
+            for qi, query in enumerate(queries):
+                order = np.argsort(-scores[qi])
+                if scope == "meeting":  # QMSum's setting: locate the evidence inside the query's own meeting
+                    order = order[owner[order] == query["doc"]]
+                rows.append(_rank_metrics(query, order, chunks, budget))
+            out[f"{scope}/evidence_recall@{budget}"] = float(np.mean([r["recall"] for r in rows]))
+        out[f"{scope}/ndcg@10"] = float(np.mean([r["ndcg"] for r in rows]))
+        out[f"{scope}/hit@1"] = float(np.mean([r["hit"] for r in rows]))
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=["qmsum", "scifact"], default="qmsum")
     parser.add_argument("--model", default=None, help="default: the bundled default model")
     parser.add_argument("--sizes", default="128,256,512,1024")
-    parser.add_argument("--budgets", default="512,1024,2048")
-    parser.add_argument("--meetings", type=int, default=8)
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "chunk_size.json"))
+    parser.add_argument("--budgets", default="1024", help="qmsum: context budgets in tokens")
+    parser.add_argument("--meetings", type=int, default=5, help="qmsum: transcripts in the corpus")
+    parser.add_argument("--queries", type=int, default=50, help="scifact: test queries")
+    parser.add_argument("--distractors", type=int, default=250, help="scifact: abstracts besides the relevant ones")
+    parser.add_argument("--output", default=None, help="default benchmarks/chunk_size[_scifact].json")
     args = parser.parse_args()
 
     from kvemb_rag import KVEmbedder
     from kvemb_rag.models import default_model
 
     model = args.model or default_model()
-    output = Path(args.output)
+    suffix = "" if args.task == "qmsum" else "_scifact"
+    output = Path(args.output or REPO / "benchmarks" / f"chunk_size{suffix}.json")
     done: dict[str, Any] = json.loads(output.read_text()) if output.is_file() else {}
-    corpus, queries = load(args.meetings)
     embedder = KVEmbedder(model)
-    budgets = [int(b) for b in args.budgets.split(",")]
-    done.setdefault("setup", {
-        "model": model, "embedder": embedder.identity, "meetings": args.meetings, "queries": len(queries),
-        "corpus_chars": sum(map(len, corpus.values())), "budgets": budgets,
-    })
+    if args.task == "qmsum":
+        corpus, queries = load(args.meetings)
+        budgets = [int(b) for b in args.budgets.split(",")]
+        setup = {"meetings": args.meetings, "queries": len(queries), "budgets": budgets}
+
+        def run(size: int) -> dict[str, Any]:
+            return measure(embedder, corpus, queries, size, budgets)
+    else:
+        from benchmarks import chunk_size_scifact as scifact
+
+        docs, claims, qrels = scifact.load(args.queries, args.distractors)
+        setup = {"queries": len(claims), "documents": len(docs)}
+
+        def run(size: int) -> dict[str, Any]:
+            return scifact.measure(embedder, docs, claims, qrels, size)
+
+    done.setdefault("setup", {"task": args.task, "model": model, "embedder": embedder.identity, **setup})
     results = done.setdefault("results", {})
     for size in (int(s) for s in args.sizes.split(",")):
         if str(size) in results:
             continue
-        results[str(size)] = measure(embedder, corpus, queries, size, budgets)
+        results[str(size)] = run(size)
         output.write_text(json.dumps(done, indent=2) + "\n")
         print(json.dumps(results[str(size)]), flush=True)
 

@@ -8,13 +8,14 @@
 4. Runs three searches over it and prints the ranked chunks.
 5. Answers a question with the same model from the retrieved chunks, citing them.
 
-The model is ``$KVEMB_MODEL``, else the bundled default (:data:`kvemb_rag.models.DEFAULT_MODEL`, installed
-from the package index: no hub access needed).
+The store goes to ``$KVEMB_DEMO_STORE`` when set. The model is ``$KVEMB_MODEL``, else the bundled default
+(:data:`kvemb_rag.models.DEFAULT_MODEL`, installed from the package index: no hub access needed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,17 +46,19 @@ SENTENCES: tuple[str, ...] = (
     "Shares dropped on Wall Street following the news.",
     "How do I bake sourdough bread at home?",
 )
-#: The demo searches over the project documentation.
+#: The demo searches over the project documentation. With the 135M-parameter default model, these are
+#: questions whose answering passage it ranks in the top 3 (of 20 natural questions about the docs it
+#: manages that for 4; bigger models do better: KVEMB_MODEL=...).
 QUERIES: tuple[str, ...] = (
-    "How are the re-routed layers chosen?",
-    "What happens to a text longer than max_length?",
-    "Which errors does the engine raise for empty strings?",
+    "Why does a frozen decoder-only LLM need help to produce embeddings?",
+    "What happens to empty or whitespace-only strings?",
+    "How do I upgrade the pinned package versions?",
 )
 #: The question answered from the retrieved chunks by the same model.
-QUESTION = "What happens to a text longer than max_length?"
+QUESTION = QUERIES[0]
 _ANSWER_TOKENS = 96
 _ROOT = Path(__file__).resolve().parents[1]
-_STORE = _ROOT / ".kvemb" / "demo-store"
+_STORE = Path(os.environ.get("KVEMB_DEMO_STORE") or _ROOT / ".kvemb" / "demo-store")
 _COLLECTION = "project-docs"
 _SOURCE = "kvemb-rag documentation"
 
@@ -99,21 +102,28 @@ def _similarity_table(embedder: KVEmbedder) -> Table:
 def answer(
     llm: PreTrainedModel, tokenizer: Any, question: str, hits: Sequence[Hit], max_new_tokens: int = _ANSWER_TOKENS
 ) -> str:
-    """Answer ``question`` from the retrieved chunks with the LLM (greedy), asking it to cite them as [n]."""
+    """Answer ``question`` from the retrieved chunks with the LLM (greedy), asking it to cite them as [n].
+
+    The passages are numbered as the caller lists them, so the caller can print the sources the numbers
+    refer to. A small model's answer need not be faithful to the passages; the sources are the evidence.
+    """
     context = "\n\n".join(f"[{i}] {' '.join(hit.text.split())}" for i, hit in enumerate(hits, start=1))
-    prompt = (
-        "Answer the question using only the numbered context passages, and cite the passage numbers you used "
-        f"like [1].\n\nContext:\n{context}\n\nQuestion: {question}"
-    )
+    instruction = "You answer questions from the given passages and cite them as [1], [2]."
+    request = f"Passages:\n{context}\n\nQuestion: {question}\nAnswer briefly, citing the passages."
     if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": request}]
         inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
     else:
-        inputs = tokenizer(prompt + "\nAnswer:", return_tensors="pt")
+        inputs = tokenizer(f"{instruction}\n\n{request}\nAnswer:", return_tensors="pt")
     inputs = {k: v.to(llm.device) for k, v in inputs.items()}
     output = llm.generate(  # type: ignore[operator]
-        **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        repetition_penalty=1.2,  # greedy decoding of a small model loops without it
+        pad_token_id=tokenizer.eos_token_id,
     )
     return str(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
 
@@ -140,12 +150,13 @@ def main() -> None:
             )
             store.delete_collection()
             summary = store.sync_documents(documents, source=_SOURCE)
-        console.print(summary_table(summary, f"{_COLLECTION} ({_STORE.relative_to(_ROOT)})"))
+        console.print(summary_table(summary, f"{_COLLECTION} ({_STORE})"))
         for query in QUERIES:
             console.print(hits_table(store.query(query, k=3), repr(query)))
         hits = store.query(QUESTION, k=3)
     console.print(f"[bold]Question:[/bold] {QUESTION}")
     console.print(f"[bold]Answer[/bold] ({model}, from the chunks above):", answer(llm, tokenizer, QUESTION, hits))
+    console.print("Sources:")
     for i, hit in enumerate(hits, start=1):
         console.print(f"  [{i}] {hit.doc_id} characters {hit.start}-{hit.end} (score {hit.score:.3f})")
 

@@ -87,7 +87,7 @@ DEFAULT_PATH = ".kvemb/store"
 #: Tokens per stored chunk (template included) when neither the store nor the collection says otherwise. A
 #: retrieval decision, separate from the longest text the engine can embed (its ``max_length``): measured
 #: on QMSum passage retrieval (``benchmarks/chunk_size.py``, ``docs/chunk-size.md``).
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 128
 _MIN_CHUNK_SIZE = 16
 
 # Collection-metadata keys written by this module.
@@ -720,11 +720,7 @@ class KVStore:
 
     def document_ids(self, source: str | None = None) -> list[str]:
         """Ids of the stored documents (of one ``source`` when given), sorted."""
-        col = self._find_collection()
-        if col is None:
-            return []
-        where = {"source": source} if source is not None else None
-        return sorted({str(m["doc_id"]) for _, m in self._all_metadata(col, where) if m and "doc_id" in m})
+        return sorted({doc_id for _, doc_id in self.document_keys(source)})
 
     def document_keys(self, source: str | None = None) -> list[DocKey]:
         """``(source, doc_id)`` of every stored document (of one ``source`` when given), sorted.

@@ -24,28 +24,25 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from tests.tiny_models import VOCAB, word_tokenizer
 
 
-class OwnAttentionConfig(PretrainedConfig):
-    model_type = "kvemb_test_own_attention"
+def _config_class(model_type: str) -> type[PretrainedConfig]:
+    """A tiny config class of its own ``model_type`` (each needs its own ``__init__`` in transformers 5)."""
 
-    def __init__(
-        self, vocab_size: int = VOCAB, hidden_size: int = 32, num_hidden_layers: int = 2, **kwargs: object
-    ) -> None:
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        super().__init__(**kwargs)
+    class Config(PretrainedConfig):
+        def __init__(
+            self, vocab_size: int = VOCAB, hidden_size: int = 32, num_hidden_layers: int = 2, **kwargs: object
+        ) -> None:
+            self.vocab_size = vocab_size
+            self.hidden_size = hidden_size
+            self.num_hidden_layers = num_hidden_layers
+            super().__init__(**kwargs)
+
+    Config.model_type = model_type
+    Config.__name__ = Config.__qualname__ = "".join(w.title() for w in model_type.split("_")) + "Config"
+    return Config
 
 
-class OwnTableConfig(PretrainedConfig):
-    model_type = "kvemb_test_own_table"
-
-    def __init__(
-        self, vocab_size: int = VOCAB, hidden_size: int = 32, num_hidden_layers: int = 2, **kwargs: object
-    ) -> None:
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        super().__init__(**kwargs)
+OwnAttentionConfig = _config_class("kvemb_test_own_attention")
+OwnTableConfig = _config_class("kvemb_test_own_table")
 
 
 class _CausalSelfAttention(nn.Module):
@@ -67,7 +64,7 @@ class OwnAttentionModel(PreTrainedModel):
     base_model_prefix = "model"
     _supports_attention_backend = True  # accepts any registered name, then ignores it
 
-    def __init__(self, config: OwnAttentionConfig) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(_CausalSelfAttention(config.hidden_size) for _ in range(config.num_hidden_layers))
@@ -87,15 +84,15 @@ class OwnAttentionModel(PreTrainedModel):
 
 
 class OwnTableModel(OwnAttentionModel):
-    config_class = OwnTableConfig  # type: ignore[assignment]
+    config_class = OwnTableConfig
     _ATTENTION_CLASSES: ClassVar[dict[str, type[nn.Module]]] = {
         "eager": _CausalSelfAttention,
         "sdpa": _CausalSelfAttention,
     }
 
-    def __init__(self, config: OwnTableConfig) -> None:  # type: ignore[override]
+    def __init__(self, config: PretrainedConfig) -> None:
         self._ATTENTION_CLASSES[config._attn_implementation]  # KeyError for any other implementation
-        super().__init__(config)  # type: ignore[arg-type]
+        super().__init__(config)
 
 
 for _config, _model in ((OwnAttentionConfig, OwnAttentionModel), (OwnTableConfig, OwnTableModel)):

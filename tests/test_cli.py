@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -283,3 +284,49 @@ def test_eval_list_options_are_checked(tiny_model_path: Path, subprocess_env: di
     )
     assert_user_error(bad_length, "--max-lengths takes positive integers", "'abc'")
     assert_user_error(empty_item, "--strategies has an empty item")
+
+
+def test_index_and_search_with_a_gguf_file(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """`--model file.gguf`: the collection records the file's SHA-256 and searches find the answer."""
+    import hashlib
+
+    from kvemb_rag.models import DEFAULT_MODEL, bundled_model_path
+
+    try:
+        gguf = bundled_model_path(DEFAULT_MODEL)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "bread.md").write_text("Bread dough rises because yeast makes carbon dioxide.\n")
+    (tmp_path / "notes" / "cats.md").write_text("Cats sleep up to sixteen hours a day.\n")
+    (tmp_path / "notes" / "rust.md").write_text("Rust has no garbage collector; ownership frees memory.\n")
+    model = ["--model", str(gguf)]
+    indexed = kvemb(["index", "notes", "--db", "db", *model, "--json"], subprocess_env, tmp_path)
+    assert indexed.returncode == 0, indexed.stderr
+    assert json.loads(indexed.stdout)["added"] == 3
+    info, found = kvemb_all(
+        [
+            (["info", "--db", "db", "--json"], tmp_path),
+            (["search", "Why does dough rise?", "--db", "db", "-k", "1", "--json"], tmp_path),
+        ],
+        subprocess_env,
+    )
+    assert info.returncode == 0 and found.returncode == 0, info.stderr + found.stderr
+    identity = json.loads(info.stdout)[0]["identity"]
+    assert identity["model"] == str(gguf)
+    assert identity["weights"] == "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert json.loads(found.stdout)["hits"][0]["doc_id"] == "bread.md"
+
+
+def test_demo_runs_end_to_end(tiny_model_path: Path, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """`make demo`'s module on the tiny model: similarity matrix, index, searches, an answer citing chunks."""
+    env = {**subprocess_env, "KVEMB_MODEL": str(tiny_model_path), "KVEMB_DEMO_STORE": str(tmp_path / "store")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvemb_rag.demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "Cosine similarity" in out and "Indexed into" in out and "Question:" in out and "Answer" in out
+    assert out.count("README.md") >= 3  # the hits name their documents
+    assert re.search(r"\[1\] \S+ characters \d+-\d+", out), out[-2000:]  # the answer's sources
+    assert (tmp_path / "store").is_dir()

@@ -257,3 +257,24 @@ def test_truncated_gguf_file(smollm2_path: Path, tmp_path: Path) -> None:
         cut.write_bytes(src.read(16 << 20))  # the header and tokenizer, a few of the tensors
     with pytest.raises(GGUFFileError, match=r"Could not read the GGUF file .*cut.gguf.*truncated or corrupt"):
         KVEmbedder(str(cut), cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.slow
+def test_gemma3_270m_matches_the_reference(tmp_path: Path) -> None:
+    """Opt-in (`make install-gemma`, `pytest -m slow`): the real Gemma-3-270M against the reference."""
+    from kvemb_rag import KVEmbedder
+    from tests.test_engine_reference import Reference, _ids
+
+    try:
+        bundled_model_path("gemma-3-270m", tmp_path)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    emb = KVEmbedder("gemma-3-270m", layers=[5, 6, 7], cache_dir=str(tmp_path))  # 5 full, 6 and 7 sliding
+    assert emb.model.config.model_type == "gemma3_text"
+    assert emb.model.config.layer_types[5:8] == ["full_attention", "sliding_attention", "sliding_attention"]
+    texts = [*TEXTS, " ".join(["A long text that outruns the sliding window."] * 60)]  # > 512 tokens
+    assert emb.count_tokens(texts[-1]) > emb.model.config.sliding_window
+    got = emb.encode_document(texts)
+    want = Reference(Path(str(emb.model.config.name_or_path))).embed(_ids(emb, texts), set(emb.layers), 1.0)
+    error = float(np.abs(got - want).max())
+    assert error < 1e-5, error

@@ -22,6 +22,19 @@ def test_readme_has_examples_for_every_integration() -> None:
         assert needle in text
 
 
+def _env(workdir: Path) -> dict[str, str]:
+    """Offline, the tiny model as the default, a cache of the test's own."""
+    return {
+        **os.environ,
+        "KVEMB_MODEL": str(STORIES),
+        "KVEMB_CACHE_DIR": str(workdir / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "OMP_NUM_THREADS": "1",
+        "NO_COLOR": "1",
+    }
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("readme")
@@ -30,17 +43,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index: int, workdir: Path) -> None:
     """Blocks share one working directory and run in order (a later block may reopen an earlier store)."""
-    env = {
-        **os.environ,
-        "KVEMB_MODEL": str(STORIES),
-        "KVEMB_CACHE_DIR": str(workdir / "cache"),
-        "HF_HUB_OFFLINE": "1",
-        "ANONYMIZED_TELEMETRY": "False",
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
-    )
+    command = [sys.executable, "-c", BLOCKS[index]]
+    result = subprocess.run(command, cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"README block {index} failed:\n{BLOCKS[index]}\n{result.stderr[-3000:]}"
     assert result.stdout.strip(), "every example prints its result"
 
@@ -97,14 +101,7 @@ def test_readme_cheap_kvemb_lines_run(tmp_path: Path) -> None:
     (tmp_path / "notes.md").write_text("The cat sat on the mat.\n", encoding="utf-8")
     record = '{"id": "x", "text": "A boat on the river.", "lang": "en"}\n'
     (tmp_path / "data.jsonl").write_text(record, encoding="utf-8")
-    env = {
-        **os.environ,
-        "KVEMB_MODEL": str(STORIES),
-        "KVEMB_CACHE_DIR": str(tmp_path / "cache"),
-        "HF_HUB_OFFLINE": "1",
-        "ANONYMIZED_TELEMETRY": "False",
-        "NO_COLOR": "1",
-    }
+    env = _env(tmp_path)
     cheap = [line for line in KVEMB_LINES if _argv(line)[0] in {"index", "search", "info", "layers"}]
     assert [_argv(line)[0] for line in cheap][:3] == ["index", "search", "info"]  # index first: the others read it
     kvemb = Path(sys.executable).with_name("kvemb")

@@ -402,11 +402,11 @@ def test_chunk_size_is_a_store_setting(tmp_path: Path, tiny_embedder: KVEmbedder
         assert store.recorded_chunk_size == DEFAULT_CHUNK_SIZE
     default = n_tokens(tmp_path / "db")
     assert len(default) > 1 and max(default) <= DEFAULT_CHUNK_SIZE
-    with KVStore(tmp_path / "db", embedder=tiny_embedder, chunk_size=128) as store:
+    with KVStore(tmp_path / "db", embedder=tiny_embedder, chunk_size=DEFAULT_CHUNK_SIZE // 2) as store:
         assert store.add_documents([doc]).replaced == 1  # re-chunked at the new size
-        assert store.recorded_chunk_size == 128
+        assert store.recorded_chunk_size == DEFAULT_CHUNK_SIZE // 2
     smaller = n_tokens(tmp_path / "db")
-    assert len(smaller) > len(default) and max(smaller) <= 128
+    assert len(smaller) > len(default) and max(smaller) <= DEFAULT_CHUNK_SIZE // 2
     with KVStore(tmp_path / "db", embedder=tiny_embedder) as store:  # no setting: the collection's size
         assert store.add_documents([doc]).unchanged == 1
     with pytest.raises(ValueError, match="chunk_size=1024 exceeds the embedder's max_length=512"):
