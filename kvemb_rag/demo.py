@@ -47,7 +47,7 @@ SENTENCES: tuple[str, ...] = (
     "How do I bake sourdough bread at home?",
 )
 #: The demo searches over the project documentation. With the 135M-parameter default model, these are
-#: questions whose answering passage it ranks in the top 3 (of 20 natural questions about the docs it
+#: questions whose answering passage it ranks in the top 3 (of 18 natural questions about the docs it
 #: manages that for 4; bigger models do better: KVEMB_MODEL=...).
 QUERIES: tuple[str, ...] = (
     "Why does a frozen decoder-only LLM need help to produce embeddings?",
