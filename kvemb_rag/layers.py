@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from kvemb_rag.config import LayerSelectionConfig
+from kvemb_rag.models import cache_directory  # one home for kvemb-rag's cache location
 
 __all__ = [
     "LayerSelection",
@@ -127,16 +128,6 @@ def select_window(id_curve: Sequence[float], rule: LayerSelectionConfig | None =
     best = start + int(np.nanargmin(candidates))
     width = math.floor(rule.window_fraction * num_layers)
     return tuple(range(best, min(best + width, num_layers - 1) + 1))
-
-
-def cache_directory(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where selections are cached: ``cache_dir``, else ``$KVEMB_CACHE_DIR``, else ``~/.cache/kvemb-rag``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("KVEMB_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "kvemb-rag"
 
 
 def selection_cache_key(

@@ -38,19 +38,47 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
-from kvemb_rag.sources import RESERVED_METADATA_KEYS, Document, SkippedFile
+from kvemb_rag.sources import Document
+from kvemb_rag.store.collection_io import (
+    _CHUNK_SIZE_KEY,
+    _FORMAT_KEY,
+    _FORMAT_VERSION,
+    _IDENTITY_KEY,
+    _OVERLAP_KEY,
+    _decode_metadata,
+    _make_settings,
+    _parse_url,
+    _recorded_int,
+    _slices,
+)
+from kvemb_rag.store.errors import (
+    CollectionNotFoundError,
+    EmbedderMismatchError,
+    IncompatibleCollectionError,
+    KVStoreError,
+    _canonical,
+    embedder_from_identity,
+    identity_differences,
+)
+from kvemb_rag.store.indexing import _LOOKUP_DOCS, index_documents
+from kvemb_rag.store.records import (
+    CollectionInfo,
+    DocKey,
+    Hit,
+    IndexProgress,
+    IndexSummary,
+    ProgressCallback,
+    _meta_key,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,6 +102,7 @@ __all__ = [
     "IndexSummary",
     "KVStore",
     "KVStoreError",
+    "ProgressCallback",
     "embedder_from_identity",
     "identity_differences",
 ]
@@ -90,399 +119,12 @@ DEFAULT_PATH = ".kvemb/store"
 DEFAULT_CHUNK_SIZE = 128
 _MIN_CHUNK_SIZE = 16
 
-# Collection-metadata keys written by this module.
-_IDENTITY_KEY = "kvemb_identity"
-_FORMAT_KEY = "kvemb_format"
-_OVERLAP_KEY = "kvemb_overlap"
-_CHUNK_SIZE_KEY = "kvemb_chunk_size"
-_FORMAT_VERSION = 1
 _SPACE = "cosine"
 # Records written per upsert unless the caller asks for fewer; always capped by the client's maximum.
 _DEFAULT_WRITE_BATCH = 256
-# Documents whose stored records are looked up in one `get`.
-_LOOKUP_DOCS = 128
 # Grouped search: chunks fetched per wanted document at first, and the growth factor of re-fetches.
 _GROUP_FETCH_FACTOR = 4
 _HASH_CHARS_IN_ID = 16
-
-#: A stored document's identity: ``(source, doc_id)``; ``source`` is ``None`` for documents added without one.
-DocKey = tuple[str | None, str]
-
-
-def _doc_key(document: Document) -> DocKey:
-    return (document.source, document.id)
-
-
-def _meta_key(meta: Mapping[str, Any]) -> DocKey:
-    """The identity of the document a stored record belongs to (records without ``source`` have none)."""
-    source = meta.get("source")
-    return (None if source is None else str(source), str(meta["doc_id"]))
-
-
-class KVStoreError(Exception):
-    """Base class of the store's user-facing errors."""
-
-
-class CollectionNotFoundError(KVStoreError, LookupError):
-    """The collection does not exist (nothing was indexed into it yet)."""
-
-
-class IncompatibleCollectionError(KVStoreError, ValueError):
-    """The collection was not made by kvemb-rag (no embedder identity) or does not use the cosine space."""
-
-
-class EmbedderMismatchError(KVStoreError, ValueError):
-    """The embedder differs from the one that built the collection, so its vectors are not comparable.
-
-    Attributes:
-        stored: The identity recorded in the collection.
-        current: The identity of the embedder that was given.
-        differences: ``{key: (stored value, current value)}`` for every differing key.
-    """
-
-    def __init__(self, collection: str, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-        self.collection = collection
-        self.stored = dict(stored)
-        self.current = dict(current)
-        self.differences = identity_differences(stored, current)
-        lines = "\n".join(
-            f"  {key}: collection has {old!r}, embedder has {new!r}"
-            for key, (old, new) in self.differences.items()
-        )
-        super().__init__(
-            f"Collection {collection!r} was built with a different embedder; its vectors are not comparable "
-            f"with this one's:\n{lines}\nUse the same settings as the collection (e.g. "
-            f"KVStore(...).load_embedder() or `kvemb index` without overriding them), or index into a new "
-            "collection."
-        )
-
-
-def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The keys on which two embedder identities differ.
-
-    ``model`` (a name or a path as typed) is ignored when both sides carry the same ``weights`` fingerprint:
-    the same weights reached through another path give comparable vectors.
-
-    Args:
-        stored: One identity (e.g. the collection's).
-        current: The other (e.g. :attr:`KVEmbedder.identity`).
-
-    Returns:
-        ``{key: (stored value, current value)}``, empty when the identities are equivalent.
-    """
-    skip = (
-        {"model"}
-        if stored.get("weights") is not None and stored.get("weights") == current.get("weights")
-        else set()
-    )
-    diffs: dict[str, tuple[Any, Any]] = {}
-    for key in sorted(set(stored) | set(current)):
-        if key in skip:
-            continue
-        old, new = stored.get(key), current.get(key)
-        if _canonical(old) != _canonical(new):
-            diffs[key] = (old, new)
-    return diffs
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-
-
-def embedder_from_identity(identity: Mapping[str, Any], **overrides: Any) -> KVEmbedder:
-    """Build the embedder a collection was indexed with, from its stored identity.
-
-    The recorded layers are passed explicitly, so no layer selection runs.
-
-    Args:
-        identity: An embedder identity (:attr:`KVEmbedder.identity`, e.g. :attr:`KVStore.identity`).
-        **overrides: Other :class:`KVEmbedder` keyword arguments (``device``, ``cache_dir``, ``model`` to load
-            the same weights from another location...).
-
-    Returns:
-        The embedder; its identity equals ``identity`` unless an override changes it.
-
-    Raises:
-        ValueError: ``identity`` lacks the ``model`` entry.
-    """
-    from kvemb_rag.embedder import KVEmbedder
-
-    if not identity.get("model"):
-        raise ValueError(f"The identity {dict(identity)!r} names no model; it cannot be rebuilt.")
-    kwargs: dict[str, Any] = {
-        "strategy": identity.get("strategy", "kv"),
-        "max_length": identity.get("max_length"),
-        "dtype": identity.get("dtype"),
-        "query_template": identity.get("query_template"),
-        "document_template": identity.get("document_template"),
-    }
-    if identity.get("layers"):
-        kwargs["layers"] = list(identity["layers"])
-    if identity.get("bias") is not None:
-        kwargs["bias"] = float(identity["bias"])
-    kwargs.update(overrides)
-    model = str(kwargs.pop("model", identity["model"]))
-    return KVEmbedder(model, **kwargs)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result.
-
-    Attributes:
-        score: Cosine similarity of the query and the chunk (``1 - cosine distance``), higher is better.
-        doc_id: The document id.
-        chunk_index: Index of the chunk in its document (0-based).
-        start: Start of the chunk in the document text (characters).
-        end: End of the chunk (exclusive).
-        text: The chunk text.
-        metadata: The document's user metadata (JSON-encoded values decoded).
-        source: The document's source, when it has one.
-        id: The record id in the collection.
-    """
-
-    score: float
-    doc_id: str
-    chunk_index: int
-    start: int
-    end: int
-    text: str
-    metadata: dict[str, Any]
-    source: str | None
-    id: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the hit."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class IndexProgress:
-    """Progress of an indexing call, passed to its ``progress`` callback.
-
-    Attributes:
-        documents_done: Documents whose records are all written (or that were unchanged).
-        documents_total: Documents in the call.
-        chunks_embedded: Chunks embedded and written so far.
-        chunks_to_embed: Chunks known to need embedding so far (grows as documents are chunked).
-        records_written: Records upserted so far (embedded, or reused from an older version).
-        write_batches: Upsert batches committed so far.
-    """
-
-    documents_done: int
-    documents_total: int
-    chunks_embedded: int
-    chunks_to_embed: int
-    records_written: int
-    write_batches: int
-
-
-ProgressCallback = Callable[[IndexProgress], None]
-
-
-@dataclass(frozen=True)
-class IndexSummary:
-    """What an indexing run did.
-
-    Attributes:
-        documents: Documents given.
-        chunks: Chunks of those documents (stored or written).
-        added: Documents that were not stored before (or were resumed after an interruption).
-        unchanged: Documents already stored with the same content (nothing written).
-        replaced: Documents whose stored version changed (new chunks written, old ones deleted).
-        removed: Documents deleted (vanished from a synchronised source).
-        chunks_embedded: Chunks run through the model.
-        records_written: Records upserted (embedded or reused).
-        records_deleted: Records deleted (old versions and removed documents).
-        skipped_files: Files or lines that were not indexed (filled in by file readers such as the CLI).
-        seconds: Wall time.
-    """
-
-    documents: int = 0
-    chunks: int = 0
-    added: int = 0
-    unchanged: int = 0
-    replaced: int = 0
-    removed: int = 0
-    chunks_embedded: int = 0
-    records_written: int = 0
-    records_deleted: int = 0
-    skipped_files: tuple[SkippedFile, ...] = ()
-    seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        counts = {k: v for k, v in asdict(self).items() if k not in ("skipped_files", "seconds")}
-        bad = {k: v for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
-        if bad:
-            raise ValueError(f"IndexSummary counts must be ints >= 0; got {bad}.")
-        if not self.seconds >= 0:
-            raise ValueError(f"IndexSummary seconds must be >= 0; got {self.seconds!r}.")
-        if self.added + self.unchanged + self.replaced > self.documents:
-            raise ValueError(
-                f"IndexSummary: added ({self.added}) + unchanged ({self.unchanged}) + replaced "
-                f"({self.replaced}) exceeds documents ({self.documents})."
-            )
-        object.__setattr__(self, "skipped_files", tuple(self.skipped_files))
-
-    def __add__(self, other: IndexSummary) -> IndexSummary:
-        if not isinstance(other, IndexSummary):
-            return NotImplemented
-        merged = {
-            k: getattr(self, k) + getattr(other, k)
-            for k in (
-                "documents",
-                "chunks",
-                "added",
-                "unchanged",
-                "replaced",
-                "removed",
-                "chunks_embedded",
-                "records_written",
-                "records_deleted",
-                "skipped_files",
-                "seconds",
-            )
-        }
-        return IndexSummary(**merged)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the summary."""
-        out = asdict(self)
-        out["skipped_files"] = [asdict(s) for s in self.skipped_files]
-        return out
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    """A collection's size and embedder.
-
-    Attributes:
-        name: Collection name.
-        records: Stored chunks.
-        documents: Distinct documents (source and id).
-        identity: The embedder identity recorded in the collection (``None`` if not made by kvemb-rag).
-        space: The distance space of its index (``"cosine"`` for kvemb-rag collections).
-    """
-
-    name: str
-    records: int
-    documents: int
-    identity: dict[str, Any] | None
-    space: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the info."""
-        return asdict(self)
-
-
-@dataclass
-class _Plan:
-    """Pending work for one document whose records are being written."""
-
-    stale: list[str]
-    remaining: int
-
-
-@dataclass
-class _Counters:
-    documents_done: int = 0
-    chunks: int = 0
-    added: int = 0
-    unchanged: int = 0
-    replaced: int = 0
-    chunks_embedded: int = 0
-    chunks_to_embed: int = 0
-    records_written: int = 0
-    records_deleted: int = 0
-    write_batches: int = 0
-
-
-@dataclass
-class _Pending:
-    plan: _Plan
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    embedding: list[float] | None = None
-
-
-def _make_settings() -> Any:
-    from chromadb.config import Settings
-
-    # No usage reporting from a local tool, and the store never needs Chroma's reset().
-    return Settings(anonymized_telemetry=False)
-
-
-def _parse_url(url: str) -> tuple[str, int, bool]:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(
-            f"url={url!r} is not a Chroma server address; use http://HOST:PORT (e.g. http://localhost:8000)."
-        )
-    try:
-        port = parsed.port
-    except ValueError as exc:
-        raise ValueError(f"url={url!r} has an invalid port; use http://HOST:PORT.") from exc
-    ssl = parsed.scheme == "https"
-    return parsed.hostname, port if port is not None else (443 if ssl else 8000), ssl
-
-
-def _encode_metadata(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """User metadata as Chroma values: scalars kept, everything else JSON-encoded (keys returned)."""
-    encoded: dict[str, Any] = {}
-    json_keys: list[str] = []
-    for key in sorted(metadata):
-        value = metadata[key]
-        if isinstance(value, (str, bool, int, float)):
-            encoded[key] = value
-        else:
-            try:
-                encoded[key] = json.dumps(value, sort_keys=True, ensure_ascii=False)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(
-                    f"metadata[{key!r}] = {value!r:.80} ({type(value).__name__}) is neither a "
-                    "str/int/float/bool nor JSON-serialisable; convert it to one of those."
-                ) from exc
-            json_keys.append(key)
-    return encoded, json_keys
-
-
-def _decode_metadata(stored: Mapping[str, Any] | None) -> dict[str, Any]:
-    if not stored:
-        return {}
-    json_keys = set(json.loads(stored["json_keys"])) if "json_keys" in stored else set()
-    user: dict[str, Any] = {}
-    for key, value in stored.items():
-        if key in RESERVED_METADATA_KEYS:
-            continue
-        user[key] = json.loads(value) if key in json_keys and isinstance(value, str) else value
-    return user
-
-
-def _content_key(document: Document, chunking: tuple[int, int], encoded: Mapping[str, Any]) -> str:
-    chunk_size, overlap = chunking
-    payload = json.dumps(
-        {
-            "text": document.text,
-            "chunk_size": chunk_size,
-            "overlap": overlap,
-            "metadata": encoded,
-            "source": document.source,
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _record_id(doc_id: str, index: int, key: str) -> str:
-    return f"{doc_id}::{index}::{key[:_HASH_CHARS_IN_ID]}"
-
-
-def _slices(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
 
 class KVStore:
     """Documents chunked, embedded with a :class:`KVEmbedder` and stored in a Chroma collection.
@@ -661,8 +303,7 @@ class KVStore:
 
     @staticmethod
     def _recorded_overlap(col: Collection) -> int | None:
-        value = (col.metadata or {}).get(_OVERLAP_KEY)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return _recorded_int(col, _OVERLAP_KEY)
 
     @property
     def recorded_chunk_size(self) -> int | None:
@@ -672,8 +313,7 @@ class KVStore:
 
     @staticmethod
     def _recorded_chunk_size(col: Collection) -> int | None:
-        value = (col.metadata or {}).get(_CHUNK_SIZE_KEY)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return _recorded_int(col, _CHUNK_SIZE_KEY)
 
     def _resolve_chunk_size(self, col: Collection, embedder: KVEmbedder) -> int:
         """This run's chunk size: the store's, else the collection's, else the default (within max_length)."""
@@ -882,7 +522,7 @@ class KVStore:
             IncompatibleCollectionError: The collection was not made by kvemb-rag.
             ValueError: Duplicate document ids, no embedder, or a bad ``overlap``.
         """
-        return self._index(list(documents), overlap=overlap, progress=progress, sync_source=None)
+        return index_documents(self, list(documents), overlap=overlap, progress=progress, sync_source=None)
 
     def sync_documents(
         self,
@@ -917,7 +557,7 @@ class KVStore:
                     "separately."
                 )
             docs.append(doc if doc.source == source else replace(doc, source=source))
-        return self._index(docs, overlap=overlap, progress=progress, sync_source=source)
+        return index_documents(self, docs, overlap=overlap, progress=progress, sync_source=source)
 
     def delete_document(self, doc_id: str, *, source: str | None = None) -> int:
         """Delete one document's records; returns the number of documents deleted (see :meth:`delete_documents`)."""
@@ -963,196 +603,6 @@ class KVStore:
             col.delete(ids=list(batch))
         return len(by_doc), len(ids)
 
-    def _index(
-        self,
-        docs: list[Document],
-        *,
-        overlap: int | None,
-        progress: ProgressCallback | None,
-        sync_source: str | None,
-    ) -> IndexSummary:
-        started = time.perf_counter()
-        overlap = self.overlap if overlap is None else overlap
-        self._check_overlap(overlap)
-        not_documents = [i for i, d in enumerate(docs) if not isinstance(d, Document)]
-        if not_documents:
-            raise TypeError(
-                f"documents[{not_documents[0]}] is a {type(docs[not_documents[0]]).__name__}; pass "
-                "kvemb_rag.sources.Document objects."
-            )
-        counts: dict[DocKey, int] = {}
-        for doc in docs:
-            counts[_doc_key(doc)] = counts.get(_doc_key(doc), 0) + 1
-        dupes = sorted((key for key, n in counts.items() if n > 1), key=lambda k: (k[0] or "", k[1]))
-        if dupes:
-            shown = [doc_id if source is None else f"{doc_id} (source {source})" for source, doc_id in dupes[:10]]
-            raise ValueError(
-                f"Duplicate document ids in one call: {shown}; ids must be unique within a source."
-            )
-        embedder = self._require_embedder()
-        col = self._writable_collection()
-        chunk_size = self._resolve_chunk_size(col, embedder)
-        if self._recorded_overlap(col) != overlap or self._recorded_chunk_size(col) != chunk_size:
-            # Remembered so that a later run without explicit settings chunks the same way.
-            kept = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
-            col.modify(metadata={**kept, _OVERLAP_KEY: overlap, _CHUNK_SIZE_KEY: chunk_size})
-        batch = self._batch_size()
-        counters = _Counters()
-        queue: list[_Pending] = []
-
-        def report() -> None:
-            if progress is not None:
-                progress(
-                    IndexProgress(
-                        counters.documents_done,
-                        len(docs),
-                        counters.chunks_embedded,
-                        counters.chunks_to_embed,
-                        counters.records_written,
-                        counters.write_batches,
-                    )
-                )
-
-        def delete_ids(ids: Sequence[str]) -> None:
-            for part in _slices(ids, batch):
-                col.delete(ids=list(part))
-            counters.records_deleted += len(ids)
-
-        def flush() -> None:
-            items = queue[:batch]
-            del queue[: len(items)]
-            if not items:
-                return
-            todo = [p for p in items if p.embedding is None]
-            if todo:
-                vectors = embedder.encode_document(
-                    [p.text for p in todo], show_progress_bar=False, overflow="error"
-                )  # (n, dim), unit rows
-                for pending, vector in zip(todo, vectors, strict=True):
-                    pending.embedding = vector.tolist()
-            col.upsert(
-                ids=[p.id for p in items],
-                embeddings=cast(Any, [p.embedding for p in items]),
-                documents=[p.text for p in items],
-                metadatas=[p.metadata for p in items],
-            )
-            counters.chunks_embedded += len(todo)
-            counters.records_written += len(items)
-            counters.write_batches += 1
-            for pending in items:
-                pending.plan.remaining -= 1
-                if pending.plan.remaining == 0:
-                    # The new version is complete: only now drop the old one (a killed run loses no document).
-                    delete_ids(pending.plan.stale)
-                    counters.documents_done += 1
-            report()
-
-        for part in _slices(docs, _LOOKUP_DOCS):
-            # Only the records of these very documents (same source and id): a same-id document of another
-            # source is a different document and is never read as this one's old version.
-            keys = {_doc_key(d) for d in part}
-            by_doc = self._stored_records(col, [d.id for d in part], keys.__contains__)
-            for doc in part:
-                existing = by_doc.get(_doc_key(doc), {})
-                self._plan_document(doc, (chunk_size, overlap), existing, col, queue, counters, delete_ids)
-                report()
-                while len(queue) >= batch:
-                    flush()
-        while queue:
-            flush()
-
-        removed = 0
-        if sync_source is not None:
-            current = {_doc_key(d) for d in docs}
-            vanished = {k for k in self.document_keys(sync_source) if k not in current}
-            if vanished:
-                stored = self._stored_records(col, [doc_id for _, doc_id in vanished], vanished.__contains__)
-                removed, deleted = self._delete_records(col, stored)
-                counters.records_deleted += deleted
-                logger.info("Removed %d document(s) no longer in %s", removed, sync_source)
-        summary = IndexSummary(
-            documents=len(docs),
-            chunks=counters.chunks,
-            added=counters.added,
-            unchanged=counters.unchanged,
-            replaced=counters.replaced,
-            removed=removed,
-            chunks_embedded=counters.chunks_embedded,
-            records_written=counters.records_written,
-            records_deleted=counters.records_deleted,
-            seconds=time.perf_counter() - started,
-        )
-        logger.info("Indexed into %r: %s", self.collection_name, summary)
-        return summary
-
-    def _plan_document(
-        self,
-        doc: Document,
-        chunking: tuple[int, int],
-        existing: Mapping[str, Mapping[str, Any]],
-        col: Collection,
-        queue: list[_Pending],
-        counters: _Counters,
-        delete_ids: Callable[[Sequence[str]], None],
-    ) -> None:
-        """Classify one document and queue the records it still needs."""
-        encoded, json_keys = _encode_metadata(doc.metadata)
-        key = _content_key(doc, chunking, encoded)
-        same = [m for m in existing.values() if m.get("content_hash") == key]
-        if existing and len(same) == len(existing):
-            n_chunks = int(same[0].get("n_chunks", -1))
-            if sorted(int(m.get("chunk_index", -1)) for m in same) == list(range(n_chunks)):
-                counters.unchanged += 1
-                counters.chunks += n_chunks
-                counters.documents_done += 1
-                return
-        embedder = self._require_embedder()
-        chunks = embedder.chunk(doc.text, "document", chunking[1], max_tokens=chunking[0])
-        ids = [_record_id(doc.id, c.index, key) for c in chunks]
-        wanted = set(ids)
-        stale = sorted(set(existing) - wanted)
-        counters.chunks += len(chunks)
-        if not existing or len(same) == len(existing):
-            counters.added += 1  # new, or resuming an interrupted write of this same version
-        else:
-            counters.replaced += 1
-        reusable: dict[str, list[float]] = {}
-        missing = [c for c, i in zip(chunks, ids, strict=True) if i not in existing]
-        if stale and missing:
-            # Chunks whose text did not change keep their vectors: same embedder, same text, same vector.
-            old = col.get(ids=stale, include=["documents", "embeddings"])
-            old_embeddings = old["embeddings"] if old["embeddings"] is not None else []
-            for text, vector in zip(old["documents"] or [], old_embeddings, strict=True):
-                if text is not None and vector is not None:
-                    reusable[text] = [float(x) for x in vector]
-        plan = _Plan(stale=stale, remaining=len(missing))
-        base: dict[str, Any] = dict(encoded)
-        if json_keys:
-            base["json_keys"] = json.dumps(json_keys)
-        if doc.source is not None:
-            base["source"] = doc.source
-        for chunk, record_id in zip(chunks, ids, strict=True):
-            if record_id in existing:
-                continue
-            metadata = {
-                **base,
-                "doc_id": doc.id,
-                "chunk_index": chunk.index,
-                "start": chunk.start,
-                "end": chunk.end,
-                "n_tokens": chunk.n_tokens,
-                "n_chunks": len(chunks),
-                "content_hash": key,
-            }
-            vector = reusable.get(chunk.text)
-            if vector is None:
-                counters.chunks_to_embed += 1
-            queue.append(_Pending(plan, record_id, chunk.text, metadata, vector))
-        if plan.remaining == 0:
-            delete_ids(stale)
-            counters.documents_done += 1
-
-    # ------------------------------------------------------------------------------------ search
     def query(
         self,
         text: str,

@@ -1,0 +1,239 @@
+"""Indexing: plan each document against its stored records, embed what is missing, write, clean up.
+
+An upsert per document (its source and id): an unchanged document is recognised from its stored records
+without re-chunking or re-embedding; a changed one gets its new chunks written first and its old ones
+deleted after, so an interrupted run that is run again ends with exactly the records of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from kvemb_rag.sources import Document
+from kvemb_rag.store.collection_io import (
+    _CHUNK_SIZE_KEY,
+    _OVERLAP_KEY,
+    _content_key,
+    _encode_metadata,
+    _record_id,
+    _slices,
+)
+from kvemb_rag.store.records import (
+    DocKey,
+    IndexProgress,
+    IndexSummary,
+    ProgressCallback,
+    _Counters,
+    _doc_key,
+    _Pending,
+    _Plan,
+)
+
+if TYPE_CHECKING:
+    from chromadb.api.models.Collection import Collection
+
+    from kvemb_rag.store import KVStore
+
+__all__ = ["index_documents"]
+
+logger = logging.getLogger(__name__)
+
+# Documents whose stored records are looked up in one `get`.
+_LOOKUP_DOCS = 128
+
+
+def index_documents(
+    store: KVStore,
+    docs: list[Document],
+    *,
+    overlap: int | None,
+    progress: ProgressCallback | None,
+    sync_source: str | None,
+) -> IndexSummary:
+    """Index ``docs`` into ``store``'s collection (see :meth:`KVStore.add_documents` / ``sync_documents``)."""
+    started = time.perf_counter()
+    overlap = store.overlap if overlap is None else overlap
+    store._check_overlap(overlap)
+    not_documents = [i for i, d in enumerate(docs) if not isinstance(d, Document)]
+    if not_documents:
+        raise TypeError(
+            f"documents[{not_documents[0]}] is a {type(docs[not_documents[0]]).__name__}; pass "
+            "kvemb_rag.sources.Document objects."
+        )
+    counts: dict[DocKey, int] = {}
+    for doc in docs:
+        counts[_doc_key(doc)] = counts.get(_doc_key(doc), 0) + 1
+    dupes = sorted((key for key, n in counts.items() if n > 1), key=lambda k: (k[0] or "", k[1]))
+    if dupes:
+        shown = [doc_id if source is None else f"{doc_id} (source {source})" for source, doc_id in dupes[:10]]
+        raise ValueError(
+            f"Duplicate document ids in one call: {shown}; ids must be unique within a source."
+        )
+    embedder = store._require_embedder()
+    col = store._writable_collection()
+    chunk_size = store._resolve_chunk_size(col, embedder)
+    if store._recorded_overlap(col) != overlap or store._recorded_chunk_size(col) != chunk_size:
+        # Remembered so that a later run without explicit settings chunks the same way.
+        kept = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
+        col.modify(metadata={**kept, _OVERLAP_KEY: overlap, _CHUNK_SIZE_KEY: chunk_size})
+    batch = store._batch_size()
+    counters = _Counters()
+    queue: list[_Pending] = []
+
+    def report() -> None:
+        if progress is not None:
+            progress(
+                IndexProgress(
+                    counters.documents_done,
+                    len(docs),
+                    counters.chunks_embedded,
+                    counters.chunks_to_embed,
+                    counters.records_written,
+                    counters.write_batches,
+                )
+            )
+
+    def delete_ids(ids: Sequence[str]) -> None:
+        for part in _slices(ids, batch):
+            col.delete(ids=list(part))
+        counters.records_deleted += len(ids)
+
+    def flush() -> None:
+        items = queue[:batch]
+        del queue[: len(items)]
+        if not items:
+            return
+        todo = [p for p in items if p.embedding is None]
+        if todo:
+            vectors = embedder.encode_document(
+                [p.text for p in todo], show_progress_bar=False, overflow="error"
+            )  # (n, dim), unit rows
+            for pending, vector in zip(todo, vectors, strict=True):
+                pending.embedding = vector.tolist()
+        col.upsert(
+            ids=[p.id for p in items],
+            embeddings=cast(Any, [p.embedding for p in items]),
+            documents=[p.text for p in items],
+            metadatas=[p.metadata for p in items],
+        )
+        counters.chunks_embedded += len(todo)
+        counters.records_written += len(items)
+        counters.write_batches += 1
+        for pending in items:
+            pending.plan.remaining -= 1
+            if pending.plan.remaining == 0:
+                # The new version is complete: only now drop the old one (a killed run loses no document).
+                delete_ids(pending.plan.stale)
+                counters.documents_done += 1
+        report()
+
+    for part in _slices(docs, _LOOKUP_DOCS):
+        # Only the records of these very documents (same source and id): a same-id document of another
+        # source is a different document and is never read as this one's old version.
+        keys = {_doc_key(d) for d in part}
+        by_doc = store._stored_records(col, [d.id for d in part], keys.__contains__)
+        for doc in part:
+            existing = by_doc.get(_doc_key(doc), {})
+            _plan_document(store, doc, (chunk_size, overlap), existing, col, queue, counters, delete_ids)
+            report()
+            while len(queue) >= batch:
+                flush()
+    while queue:
+        flush()
+
+    removed = 0
+    if sync_source is not None:
+        current = {_doc_key(d) for d in docs}
+        vanished = {k for k in store.document_keys(sync_source) if k not in current}
+        if vanished:
+            stored = store._stored_records(col, [doc_id for _, doc_id in vanished], vanished.__contains__)
+            removed, deleted = store._delete_records(col, stored)
+            counters.records_deleted += deleted
+            logger.info("Removed %d document(s) no longer in %s", removed, sync_source)
+    summary = IndexSummary(
+        documents=len(docs),
+        chunks=counters.chunks,
+        added=counters.added,
+        unchanged=counters.unchanged,
+        replaced=counters.replaced,
+        removed=removed,
+        chunks_embedded=counters.chunks_embedded,
+        records_written=counters.records_written,
+        records_deleted=counters.records_deleted,
+        seconds=time.perf_counter() - started,
+    )
+    logger.info("Indexed into %r: %s", store.collection_name, summary)
+    return summary
+
+def _plan_document(
+    store: KVStore,
+    doc: Document,
+    chunking: tuple[int, int],
+    existing: Mapping[str, Mapping[str, Any]],
+    col: Collection,
+    queue: list[_Pending],
+    counters: _Counters,
+    delete_ids: Callable[[Sequence[str]], None],
+) -> None:
+    """Classify one document and queue the records it still needs."""
+    encoded, json_keys = _encode_metadata(doc.metadata)
+    key = _content_key(doc, chunking, encoded)
+    same = [m for m in existing.values() if m.get("content_hash") == key]
+    if existing and len(same) == len(existing):
+        n_chunks = int(same[0].get("n_chunks", -1))
+        if sorted(int(m.get("chunk_index", -1)) for m in same) == list(range(n_chunks)):
+            counters.unchanged += 1
+            counters.chunks += n_chunks
+            counters.documents_done += 1
+            return
+    embedder = store._require_embedder()
+    chunks = embedder.chunk(doc.text, "document", chunking[1], max_tokens=chunking[0])
+    ids = [_record_id(doc.id, c.index, key) for c in chunks]
+    wanted = set(ids)
+    stale = sorted(set(existing) - wanted)
+    counters.chunks += len(chunks)
+    if not existing or len(same) == len(existing):
+        counters.added += 1  # new, or resuming an interrupted write of this same version
+    else:
+        counters.replaced += 1
+    reusable: dict[str, list[float]] = {}
+    missing = [c for c, i in zip(chunks, ids, strict=True) if i not in existing]
+    if stale and missing:
+        # Chunks whose text did not change keep their vectors: same embedder, same text, same vector.
+        old = col.get(ids=stale, include=["documents", "embeddings"])
+        old_embeddings = old["embeddings"] if old["embeddings"] is not None else []
+        for text, vector in zip(old["documents"] or [], old_embeddings, strict=True):
+            if text is not None and vector is not None:
+                reusable[text] = [float(x) for x in vector]
+    plan = _Plan(stale=stale, remaining=len(missing))
+    base: dict[str, Any] = dict(encoded)
+    if json_keys:
+        base["json_keys"] = json.dumps(json_keys)
+    if doc.source is not None:
+        base["source"] = doc.source
+    for chunk, record_id in zip(chunks, ids, strict=True):
+        if record_id in existing:
+            continue
+        metadata = {
+            **base,
+            "doc_id": doc.id,
+            "chunk_index": chunk.index,
+            "start": chunk.start,
+            "end": chunk.end,
+            "n_tokens": chunk.n_tokens,
+            "n_chunks": len(chunks),
+            "content_hash": key,
+        }
+        vector = reusable.get(chunk.text)
+        if vector is None:
+            counters.chunks_to_embed += 1
+        queue.append(_Pending(plan, record_id, chunk.text, metadata, vector))
+    if plan.remaining == 0:
+        delete_ids(stale)
+        counters.documents_done += 1
+
+# ------------------------------------------------------------------------------------ search
