@@ -16,6 +16,8 @@ Overflow = Literal["chunk", "truncate", "error"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 PROMPT_NAMES: tuple[str, ...] = get_args(PromptName)
 OVERFLOW_MODES: tuple[str, ...] = get_args(Overflow)
+#: Poolings a non-echo strategy may be given with ``pooling=`` (echo pools over its second copy only).
+POOLINGS: tuple[str, ...] = ("hybrid", "last", "mean")
 
 #: Default token budget per forward pass, prompt included (method.md: robust up to 4,096 tokens).
 DEFAULT_MAX_LENGTH = 4096
@@ -112,6 +114,8 @@ class EmbedderConfig:
         strategy: One of :data:`STRATEGIES`.
         layers: ``"auto"`` (intrinsic dimension) or explicit 0-based decoder-layer indices to re-route.
         bias: Scalar added to the re-routed slot's pre-softmax logit, after 1/sqrt(d) scaling (R: 1.0).
+        pooling: ``"hybrid"``, ``"last"`` or ``"mean"`` of the final hidden states; ``None`` means the
+            strategy's own (hybrid for ``kv``/``kv-ablation``).
         max_length: Token budget per forward pass, prompt template included; ``None`` means 4,096 or the
             model's context size if smaller.
         batch_size: Most texts per forward pass.
@@ -131,6 +135,7 @@ class EmbedderConfig:
     strategy: str = "kv"
     layers: str | tuple[int, ...] = "auto"
     bias: float = 1.0
+    pooling: str | None = None
     max_length: int | None = None
     batch_size: int = 16
     max_padding: float = 0.1
@@ -161,6 +166,13 @@ class EmbedderConfig:
             object.__setattr__(self, "layers", tuple(sorted(layers)))
         if not isinstance(self.bias, (int, float)) or not math.isfinite(self.bias):
             raise ValueError(f"bias={self.bias!r} must be a finite number; the method uses 1.0.")
+        if self.pooling is not None:
+            if self.strategy == "echo":
+                raise ValueError(
+                    f"pooling={self.pooling!r}: strategy 'echo' pools over the text's second copy and takes no "
+                    "pooling; leave pooling unset."
+                )
+            _check_choice("pooling", self.pooling, POOLINGS)
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 8):
             raise ValueError(f"max_length={self.max_length!r} must be an int >= 8 (tokens, prompt included).")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -175,6 +187,11 @@ class EmbedderConfig:
     def spec(self) -> StrategySpec:
         """The strategy's specification."""
         return STRATEGY_SPECS[self.strategy]
+
+    @property
+    def pooling_mode(self) -> Pooling:
+        """The pooling in effect: ``pooling`` when given, else the strategy's."""
+        return self.spec.pooling if self.pooling is None else self.pooling  # type: ignore[return-value]
 
     def template(self, prompt: str) -> str:
         """The template used for ``prompt`` ("query" or "document")."""

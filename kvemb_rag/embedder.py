@@ -72,6 +72,7 @@ class KVEmbedder:
             ``"last"``, ``"mean"``, ``"prompteol"`` or ``"echo"``.
         layers: ``"auto"`` (intrinsic-dimension selection, cached on disk) or 0-based layer indices.
         bias: Logit bias of the re-routed slot (method.md: 1.0).
+        pooling: ``"hybrid"`` (last + mean), ``"last"`` or ``"mean"``; default the strategy's own.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available, else CPU.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default bfloat16 on CUDA, float32 on CPU.
         max_length: Tokens per forward pass, prompt template included; default 4,096 or the model's
@@ -104,6 +105,7 @@ class KVEmbedder:
         strategy: str = "kv",
         layers: str | Sequence[int] = "auto",
         bias: float = 1.0,
+        pooling: str | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
@@ -124,6 +126,7 @@ class KVEmbedder:
             strategy=strategy,
             layers=layers if isinstance(layers, str) else tuple(layers),
             bias=bias,
+            pooling=pooling,
             max_length=max_length,
             batch_size=batch_size,
             max_padding=max_padding,
@@ -261,7 +264,7 @@ class KVEmbedder:
             "bias": float(self.config.bias) if self.layers else None,
             "query_template": self.config.template("query"),
             "document_template": self.config.template("document"),
-            "pooling": self.config.spec.pooling,
+            "pooling": self.config.pooling_mode,
             "max_length": self.max_length,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
@@ -426,7 +429,7 @@ class KVEmbedder:
     def _tokenize(self, texts: list[str], prompt: str) -> tuple[list[list[int]], list[list[int] | None]]:
         template = self.config.template(prompt)
         formatted = [template.format(text=t) for t in texts]
-        echo = self.config.spec.pooling == "echo"
+        echo = self.config.pooling_mode == "echo"
         enc = self.tokenizer(formatted, add_special_tokens=True, return_offsets_mapping=echo)
         ids: list[list[int]] = enc["input_ids"]
         if not echo:
@@ -496,12 +499,12 @@ class KVEmbedder:
                 "registry for those layers, so KV-Embedding cannot run on it."
             )
         mask = real
-        if pool_masks is not None and self.config.spec.pooling == "echo":
+        if pool_masks is not None and self.config.pooling_mode == "echo":
             mask = torch.zeros(B, T, dtype=torch.bool, device=self.device)  # (B, T)
             for b, m in enumerate(pool_masks):
                 if m is not None:
                     mask[b, : len(m)] = torch.tensor(m, dtype=torch.bool)
-        return pool(out.last_hidden_state, mask, last_index, self.config.spec.pooling)  # (B, H)
+        return pool(out.last_hidden_state, mask, last_index, self.config.pooling_mode)  # (B, H)
 
     # ------------------------------------------------------------------------------------ encode
     def _bar_disabled(self, show: bool | None) -> bool | None:

@@ -198,6 +198,26 @@ def test_identity_describes_the_vectors(stories: KVEmbedder) -> None:
     assert stories.with_options(strategy="mean").identity["bias"] is None
 
 
+def test_pooling_can_be_chosen(stories: KVEmbedder) -> None:
+    from kvemb_rag.store import embedder_from_identity
+
+    plain = stories.with_options(strategy="kv-ablation")
+    text = SENTENCES[0]
+    ids = plain.tokenizer(plain.format(text))["input_ids"]
+    with torch.inference_mode():
+        hidden = plain.model(input_ids=torch.tensor([ids])).last_hidden_state[0].float()  # (T, H)
+    last, mean = hidden[-1], hidden.mean(dim=0)  # (H,), (H,)
+    for pooling, expected in (("last", last), ("mean", mean), ("hybrid", (last + mean) / 2)):
+        chosen = plain.with_options(pooling=pooling)
+        np.testing.assert_allclose(chosen.encode(text), (expected / expected.norm()).numpy(), atol=1e-5)
+        assert chosen.identity["pooling"] == pooling
+        assert embedder_from_identity(chosen.identity).identity == chosen.identity
+    with pytest.raises(ValueError, match="pooling='max' is not valid.*'hybrid', 'last', 'mean'"):
+        plain.with_options(pooling="max")
+    with pytest.raises(ValueError, match="'echo' pools over the text's second copy.*leave pooling unset"):
+        plain.with_options(strategy="echo", pooling="last")
+
+
 # ------------------------------------------------------------------------------ long inputs
 LONG = " ".join(SENTENCES * 12)  # ~700 tokens with the template: over stories260K's 512
 
