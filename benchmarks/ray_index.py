@@ -6,7 +6,7 @@ starts a local Ray cluster and two embedding actors). Records the wall time of e
 time the command reports, and whether the two collections hold identical records (ids, documents, metadata,
 embeddings within 1e-5). Writes `benchmarks/ray_index.json`.
 
-    python -m benchmarks.ray_index [--folder docs] [--model smollm2-135m-instruct] [--actors 2]
+    python -m benchmarks.ray_index [--folder docs] [--model smollm2-135m-instruct] [--actors 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=REPO / "docs")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="OMP_NUM_THREADS of the CLI processes (Ray gives each actor num_cpus=1 thread); default torch's",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/ray_index.json")
     args = parser.parse_args()
     env = {
@@ -63,8 +67,12 @@ def main() -> None:
         "ANONYMIZED_TELEMETRY": "False",
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     chroma = Path(sys.executable).with_name("chroma")
     data = Path(tempfile.mkdtemp(prefix="ray-bench-"))
+    folder = data / args.folder.name  # a snapshot: edits to the folder during the run change nothing
+    shutil.copytree(args.folder, folder)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -82,7 +90,7 @@ def main() -> None:
         for name, extra in (("single", []), ("ray", ["--ray", str(args.actors)]), ("single-rerun", []),
                             ("ray-rerun", ["--ray", str(args.actors)])):
             collection = name.removesuffix("-rerun")
-            command = [sys.executable, "-m", "kvemb_rag.cli", "index", str(args.folder), "--url", url,
+            command = [sys.executable, "-m", "kvemb_rag.cli", "index", str(folder), "--url", url,
                        "-c", collection, "--model", args.model, "--json", *extra]
             t0 = time.perf_counter()
             proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -109,6 +117,7 @@ def main() -> None:
         "folder": str(args.folder.relative_to(REPO)) if args.folder.is_relative_to(REPO) else str(args.folder),
         "model": args.model,
         "actors": args.actors,
+        "driver_threads": args.threads or "torch default (all cores)",
         "cpu_count": os.cpu_count(),
         "runs": runs,
         "records_equal": equal,

@@ -223,3 +223,24 @@ def test_cli_serve_binds_loopback_and_answers(
             out, _ = proc.communicate()
     assert "Traceback" not in out, out[-3000:]
     json.dumps(out)  # the log is text
+
+
+def test_langchain_and_llamaindex_openai_classes(server: Served, tiny_embedder: KVEmbedder) -> None:
+    """The frameworks' OpenAI embedding classes pointed at the server (no input_type: the document side)."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    llama_openai = pytest.importorskip("llama_index.embeddings.openai")
+    expected = tiny_embedder.encode_document(TEXTS)
+    # check_embedding_ctx_length=False: send the strings (by default LangChain sends tiktoken token ids).
+    lc = langchain_openai.OpenAIEmbeddings(
+        model=NAME, base_url=f"{server.url}/v1", api_key=KEY, check_embedding_ctx_length=False, max_retries=0
+    )
+    np.testing.assert_allclose(lc.embed_documents(TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(lc.embed_query(TEXTS[0]), expected[0], atol=1e-5)
+    li = llama_openai.OpenAIEmbedding(model_name=NAME, api_base=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    np.testing.assert_allclose(li.get_text_embedding_batch(TEXTS), expected, atol=1e-5)
+    # The query side through the client's extra_body, which LlamaIndex forwards from additional_kwargs.
+    li_query = llama_openai.OpenAIEmbedding(
+        model_name=NAME, api_base=f"{server.url}/v1", api_key=KEY, max_retries=0,
+        additional_kwargs={"extra_body": {"input_type": "query"}},
+    )
+    np.testing.assert_allclose(li_query.get_query_embedding(TEXTS[1]), tiny_embedder.encode_query(TEXTS[1]), atol=1e-5)

@@ -165,8 +165,12 @@ def create_app(
     @app.get("/v1/models/{model:path}", dependencies=[Depends(authorize)])
     async def model(model: str) -> Response:
         if model != name:
-            raise APIError(404, f"The model {model!r} does not exist; this server serves {name!r}.",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model {model!r} does not exist; this server serves {name!r}.",
+                param="model",
+                code="model_not_found",
+            )
         return _json(model_card)
 
     @app.post("/v1/embeddings", dependencies=[Depends(authorize)])

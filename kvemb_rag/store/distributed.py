@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from kvemb_rag.embedder import KVEmbedder
     from kvemb_rag.store import KVStore
 
-__all__ = ["RayIndexConfig", "ray_add_documents", "ray_sync_documents"]
+__all__ = ["EmbedActor", "RayIndexConfig", "ray_add_documents", "ray_sync_documents"]
 
 logger = logging.getLogger(__name__)
 
