@@ -149,3 +149,17 @@ def test_cli_index_ray_equals_single_process(
     assert first["added"] == first["documents"] > 0
     again = index("cli-ray", "--ray", "2")
     assert (again["added"], again["records_written"], again["unchanged"]) == (0, 0, first["documents"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"actors": 0}, "actors must be an int >= 1"),
+        ({"batch_size": "8"}, "batch_size must be an int >= 1"),
+        ({"num_gpus": -1}, "num_gpus must be a number >= 0"),
+        ({"num_cpus": 0, "num_gpus": 0}, "needs num_cpus > 0 or num_gpus > 0"),
+    ],
+)
+def test_ray_config_is_validated(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        RayIndexConfig(**kwargs)

@@ -244,3 +244,24 @@ def test_langchain_and_llamaindex_openai_classes(server: Served, tiny_embedder: 
         additional_kwargs={"extra_body": {"input_type": "query"}},
     )
     np.testing.assert_allclose(li_query.get_query_embedding(TEXTS[1]), tiny_embedder.encode_query(TEXTS[1]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"max_inputs": 0}, "max_inputs must be an int >= 1"),
+        ({"max_tokens_per_input": 1.5}, "max_tokens_per_input must be an int >= 1"),
+        ({"max_batch": True}, "max_batch must be an int >= 1"),
+        ({"max_wait_ms": -1}, "max_wait_ms must be a number of milliseconds"),
+    ],
+)
+def test_serve_limits_are_validated(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        ServeLimits(**kwargs)
+
+
+def test_kvemb_help_does_not_import_the_server_or_ray() -> None:
+    heavy = "('fastapi', 'uvicorn', 'ray', 'torch')"
+    code = f"import sys; from kvemb_rag.cli import app; print(sorted(m for m in {heavy} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr
