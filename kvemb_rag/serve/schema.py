@@ -91,7 +91,9 @@ def check_inputs(value: Any, *, max_inputs: int) -> list[str]:
             arrays included) or too many items; the message names the index.
     """
     if value is None:
-        raise APIError(400, "Missing 'input': send a string or a list of strings to embed.", param="input")
+        raise APIError(
+            400, "Missing 'input': send a string or a list of strings to embed.", param="input", code="invalid_input"
+        )
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list):
         raise APIError(
