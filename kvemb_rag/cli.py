@@ -7,7 +7,9 @@ Commands:
 * ``kvemb search "query" --db DIR`` -- ranked chunks (or documents with ``--per-document``);
 * ``kvemb info --db DIR`` -- collections, sizes and embedder identities;
 * ``kvemb layers --model M`` -- the intrinsic-dimension curve per layer and the chosen layers;
-* ``kvemb eval --model M --retrieval DIR ...`` -- the evaluation harness (:mod:`kvemb_rag.evaluation`).
+* ``kvemb eval --model M --retrieval DIR ...`` -- the evaluation harness (:mod:`kvemb_rag.evaluation`);
+* ``kvemb serve --model M`` -- an OpenAI-compatible embeddings API (:mod:`kvemb_rag.serve`);
+* ``kvemb index PATH... --url URL --ray N`` -- embedding on N Ray actors (:mod:`kvemb_rag.store.distributed`).
 
 User errors (a missing path, an unknown collection, an embedder mismatch...) print one message and exit
 with status 1 (2 for bad command-line usage); ``--verbose`` also prints tracebacks.
@@ -39,7 +41,8 @@ from kvemb_rag.store import DEFAULT_CHUNK_SIZE  # the store module imports chrom
 
 if TYPE_CHECKING:
     from kvemb_rag.embedder import KVEmbedder
-    from kvemb_rag.store import Hit, IndexSummary, KVStore
+    from kvemb_rag.sources import Document
+    from kvemb_rag.store import Hit, IndexSummary, KVStore, ProgressCallback
 
 __all__ = ["DEFAULT_MODEL", "app", "default_model", "hits_table", "main", "model_argument", "summary_table"]
 
@@ -232,6 +235,14 @@ def index(
     url: Annotated[
         str | None, typer.Option("--url", help="A Chroma server (http://host:port) instead of --db.")
     ] = None,
+    ray: Annotated[
+        int | None,
+        typer.Option(
+            "--ray",
+            min=1,
+            help="Embed with N Ray actors (Ray Data; $RAY_ADDRESS or a local cluster); needs the ray extra.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Index files into a collection; each PATH is synchronised (vanished documents are removed)."""
@@ -303,9 +314,12 @@ def index(
                             total=chunks + event.chunks_to_embed,
                         )
 
-                    result = store.sync_documents(
-                        read.documents, source=read.source, overlap=overlap, progress=update
-                    )
+                    if ray is None:
+                        result = store.sync_documents(
+                            read.documents, source=read.source, overlap=overlap, progress=update
+                        )
+                    else:
+                        result = _ray_sync(store, read.documents, read.source, overlap, update, ray)
                     summary = summary + result
                     done_before += len(read.documents)
                     embedded_before += result.chunks_embedded
@@ -317,6 +331,67 @@ def index(
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         out.print(summary_table(summary, collection))
+
+
+def _ray_sync(
+    store: KVStore, docs: Sequence[Document], source: str, overlap: int, progress: ProgressCallback, actors: int
+) -> IndexSummary:
+    try:
+        import ray.data  # noqa: F401
+
+        from kvemb_rag.store.distributed import RayIndexConfig, ray_sync_documents
+    except ImportError as exc:
+        raise UserError(f'--ray needs Ray Data ({exc.name} is missing): pip install "kvemb-rag[ray]".') from exc
+    config = RayIndexConfig(actors=actors)
+    return ray_sync_documents(store, docs, source=source, config=config, overlap=overlap, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------ serve
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help=f"Model to serve; default $KVEMB_MODEL or {DEFAULT_MODEL}."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="KVEMB_API_KEY", help="Require 'Authorization: Bearer KEY' (401 else)."),
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option("--served-model-name", help="The name clients pass as model (default --model).")
+    ] = None,
+    max_inputs: Annotated[int, typer.Option("--max-inputs", min=1, help="Strings per request.")] = 2048,
+    max_tokens_per_input: Annotated[
+        int, typer.Option("--max-tokens-per-input", min=1, help="Tokens per input (longer ones are refused).")
+    ] = 8192,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Texts per engine call.")] = 64,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", min=0, help="Wait for more texts before an engine call.")
+    ] = 5.0,
+    strategy: Annotated[str, typer.Option("--strategy", help="kv, kv-ablation, last, mean, ...")] = "kv",
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", help="Longest text per forward pass (default: 4096 or context).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Rows per forward pass.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")] = None,
+) -> None:
+    """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings); needs the serve extra."""
+    from kvemb_rag.embedder import KVEmbedder
+
+    with _user_errors():
+        try:
+            from kvemb_rag.serve import ServeLimits, run_server
+        except ImportError as exc:
+            missing = f"kvemb serve needs FastAPI and uvicorn ({exc.name} is missing)"
+            raise UserError(f'{missing}: pip install "kvemb-rag[serve]".') from exc
+        limits = ServeLimits(max_inputs, max_tokens_per_input, max_batch, max_wait_ms)
+        kwargs: dict[str, Any] = {"strategy": strategy, "max_length": max_length, "show_progress_bar": False}
+        kwargs.update({k: v for k, v in (("batch_size", batch_size), ("device", device)) if v is not None})
+        embedder = KVEmbedder(model_argument(model or default_model()), **kwargs)
+        name = served_model_name or model or default_model()
+        run_server(embedder, host=host, port=port, model_name=name, api_key=api_key, limits=limits)
 
 
 # ------------------------------------------------------------------------------------------ search

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,10 +44,43 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("readme")
 
 
+# The README's `kvemb serve` client example talks to this address; its test serves the tiny model there.
+SERVE_URL = "http://localhost:8000/v1"
+
+
+@pytest.fixture(scope="module")
+def served(workdir: Path) -> Iterator[str]:
+    """A real `kvemb serve` (the tiny model under the README's model name) on a free port; yields its /v1 URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "kvemb_rag.cli", "serve", "--model", str(STORIES), "--port", str(port),
+               "--served-model-name", "smollm2-135m-instruct"]
+    proc = subprocess.Popen(command, env=_env(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, "kvemb serve exited"
+            assert time.monotonic() < deadline, "kvemb serve did not start"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_runs(index: int, workdir: Path) -> None:
+def test_readme_block_runs(index: int, workdir: Path, request: pytest.FixtureRequest) -> None:
     """Blocks share one working directory and run in order (a later block may reopen an earlier store)."""
-    command = [sys.executable, "-c", BLOCKS[index]]
+    block = BLOCKS[index]
+    if SERVE_URL in block:  # the server client example: against a real server started for it
+        block = block.replace(SERVE_URL, request.getfixturevalue("served"))
+    command = [sys.executable, "-c", block]
     result = subprocess.run(command, cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"README block {index} failed:\n{BLOCKS[index]}\n{result.stderr[-3000:]}"
     assert result.stdout.strip(), "every example prints its result"
@@ -102,7 +139,10 @@ def test_readme_cheap_kvemb_lines_run(tmp_path: Path) -> None:
     record = '{"id": "x", "text": "A boat on the river.", "lang": "en"}\n'
     (tmp_path / "data.jsonl").write_text(record, encoding="utf-8")
     env = _env(tmp_path)
-    cheap = [line for line in KVEMB_LINES if _argv(line)[0] in {"index", "search", "info", "layers"}]
+    # Lines with --url need a running Chroma server (and `serve` would block): those are only parsed above.
+    cheap = [
+        line for line in KVEMB_LINES if _argv(line)[0] in {"index", "search", "info", "layers"} and "--url" not in line
+    ]
     assert [_argv(line)[0] for line in cheap][:3] == ["index", "search", "info"]  # index first: the others read it
     kvemb = Path(sys.executable).with_name("kvemb")
     for line in cheap:

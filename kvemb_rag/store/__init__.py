@@ -547,6 +547,12 @@ class KVStore:
         Raises:
             ValueError: A document belongs to another source, or as in :meth:`add_documents`.
         """
+        docs = self._of_source(documents, source)
+        return index_documents(self, docs, overlap=overlap, progress=progress, sync_source=source)
+
+    @staticmethod
+    def _of_source(documents: Iterable[Document], source: str) -> list[Document]:
+        """``documents`` with ``source`` set (refusing documents of another source)."""
         if not isinstance(source, str) or not source:
             raise ValueError(f"source must be a non-empty str; got {source!r}.")
         docs: list[Document] = []
@@ -557,7 +563,7 @@ class KVStore:
                     "separately."
                 )
             docs.append(doc if doc.source == source else replace(doc, source=source))
-        return index_documents(self, docs, overlap=overlap, progress=progress, sync_source=source)
+        return docs
 
     def delete_document(self, doc_id: str, *, source: str | None = None) -> int:
         """Delete one document's records; returns the number of documents deleted (see :meth:`delete_documents`)."""

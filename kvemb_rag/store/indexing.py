@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from kvemb_rag.sources import Document
@@ -38,12 +38,18 @@ if TYPE_CHECKING:
 
     from kvemb_rag.store import KVStore
 
-__all__ = ["index_documents"]
+__all__ = ["BulkEmbed", "index_documents"]
 
 logger = logging.getLogger(__name__)
 
 # Documents whose stored records are looked up in one `get`.
 _LOOKUP_DOCS = 128
+
+
+#: Bulk embedding for :func:`index_documents`: given every planned record that still needs a vector, yield
+#: them back in groups (any order, each record once) with ``embedding`` set. Used by the Ray path
+#: (:mod:`kvemb_rag.store.distributed`); ``None`` embeds in this process, one write batch at a time.
+BulkEmbed = Callable[[list[_Pending]], Iterator[list[_Pending]]]
 
 
 def index_documents(
@@ -53,8 +59,22 @@ def index_documents(
     overlap: int | None,
     progress: ProgressCallback | None,
     sync_source: str | None,
+    bulk_embed: BulkEmbed | None = None,
 ) -> IndexSummary:
-    """Index ``docs`` into ``store``'s collection (see :meth:`KVStore.add_documents` / ``sync_documents``)."""
+    """Index ``docs`` into ``store``'s collection (see :meth:`KVStore.add_documents` / ``sync_documents``).
+
+    Args:
+        store: The store (its embedder plans the chunks and, without ``bulk_embed``, embeds them).
+        docs: The documents.
+        overlap: Token overlap of consecutive chunks; default the store's.
+        progress: Called after each planned document and each write.
+        sync_source: Remove the stored documents of this source that are not in ``docs``.
+        bulk_embed: Embed all planned records elsewhere (e.g. a Ray actor pool) instead of batch by batch
+            here; the plans, record ids, metadata, writes and deletions are the same either way.
+
+    Returns:
+        The run's summary.
+    """
     started = time.perf_counter()
     overlap = store.overlap if overlap is None else overlap
     store._check_overlap(overlap)
@@ -80,33 +100,12 @@ def index_documents(
         # Remembered so that a later run without explicit settings chunks the same way.
         kept = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
         col.modify(metadata={**kept, _OVERLAP_KEY: overlap, _CHUNK_SIZE_KEY: chunk_size})
-    batch = store._batch_size()
-    counters = _Counters()
+    run = _Run(col, store._batch_size(), len(docs), progress)
     queue: list[_Pending] = []
 
-    def report() -> None:
-        if progress is not None:
-            progress(
-                IndexProgress(
-                    counters.documents_done,
-                    len(docs),
-                    counters.chunks_embedded,
-                    counters.chunks_to_embed,
-                    counters.records_written,
-                    counters.write_batches,
-                )
-            )
-
-    def delete_ids(ids: Sequence[str]) -> None:
-        for part in _slices(ids, batch):
-            col.delete(ids=list(part))
-        counters.records_deleted += len(ids)
-
     def flush() -> None:
-        items = queue[:batch]
+        items = queue[: run.batch]
         del queue[: len(items)]
-        if not items:
-            return
         todo = [p for p in items if p.embedding is None]
         if todo:
             vectors = embedder.encode_document(
@@ -114,38 +113,31 @@ def index_documents(
             )  # (n, dim), unit rows
             for pending, vector in zip(todo, vectors, strict=True):
                 pending.embedding = vector.tolist()
-        col.upsert(
-            ids=[p.id for p in items],
-            embeddings=cast(Any, [p.embedding for p in items]),
-            documents=[p.text for p in items],
-            metadatas=[p.metadata for p in items],
-        )
-        counters.chunks_embedded += len(todo)
-        counters.records_written += len(items)
-        counters.write_batches += 1
-        for pending in items:
-            pending.plan.remaining -= 1
-            if pending.plan.remaining == 0:
-                # The new version is complete: only now drop the old one (a killed run loses no document).
-                delete_ids(pending.plan.stale)
-                counters.documents_done += 1
-        report()
+        run.write(items, embedded=len(todo))
 
-    for part in _slices(docs, _LOOKUP_DOCS):
-        # Only the records of these very documents (same source and id): a same-id document of another
-        # source is a different document and is never read as this one's old version.
-        keys = {_doc_key(d) for d in part}
-        by_doc = store._stored_records(col, [d.id for d in part], keys.__contains__)
-        for doc in part:
-            existing = by_doc.get(_doc_key(doc), {})
-            _plan_document(store, doc, (chunk_size, overlap), existing, col, queue, counters, delete_ids)
-            report()
-            while len(queue) >= batch:
-                flush()
-    while queue:
-        flush()
+    for _ in _plan_documents(store, run, docs, (chunk_size, overlap), queue):
+        while bulk_embed is None and len(queue) >= run.batch:
+            flush()
+    if bulk_embed is None:
+        while queue:
+            flush()
+    else:
+        ready = [p for p in queue if p.embedding is not None]  # vectors reused from an older version
+        for part in _slices(ready, run.batch):
+            run.write(list(part), embedded=0)
+        todo = [p for p in queue if p.embedding is None]
+        queue.clear()
+        for embedded in bulk_embed(todo):
+            for part in _slices(embedded, run.batch):
+                run.write(list(part), embedded=len(part))
+        if run.counters.records_written != len(ready) + len(todo):
+            raise RuntimeError(
+                f"The bulk embedder returned {run.counters.records_written - len(ready)} of {len(todo)} records; "
+                "re-run the same command to complete the collection."
+            )
 
     removed = 0
+    counters = run.counters
     if sync_source is not None:
         current = {_doc_key(d) for d in docs}
         vanished = {k for k in store.document_keys(sync_source) if k not in current}
@@ -168,6 +160,71 @@ def index_documents(
     )
     logger.info("Indexed into %r: %s", store.collection_name, summary)
     return summary
+
+
+class _Run:
+    """One indexing call's writer: upserts planned records, deletes old versions once complete, reports."""
+
+    def __init__(self, col: Collection, batch: int, documents: int, progress: ProgressCallback | None) -> None:
+        self.col = col
+        self.batch = batch
+        self.documents = documents
+        self.progress = progress
+        self.counters = _Counters()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            c = self.counters
+            self.progress(
+                IndexProgress(
+                    c.documents_done, self.documents, c.chunks_embedded, c.chunks_to_embed, c.records_written,
+                    c.write_batches,
+                )
+            )
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        for part in _slices(ids, self.batch):
+            self.col.delete(ids=list(part))
+        self.counters.records_deleted += len(ids)
+
+    def write(self, items: Sequence[_Pending], *, embedded: int) -> None:
+        """Upsert records whose vectors are set (``embedded`` of them computed in this run)."""
+        if not items:
+            return
+        self.col.upsert(
+            ids=[p.id for p in items],
+            embeddings=cast(Any, [p.embedding for p in items]),
+            documents=[p.text for p in items],
+            metadatas=[p.metadata for p in items],
+        )
+        counters = self.counters
+        counters.chunks_embedded += embedded
+        counters.records_written += len(items)
+        counters.write_batches += 1
+        for pending in items:
+            pending.plan.remaining -= 1
+            if pending.plan.remaining == 0:
+                # The new version is complete: only now drop the old one (a killed run loses no document).
+                self.delete_ids(pending.plan.stale)
+                counters.documents_done += 1
+        self.report()
+
+
+def _plan_documents(
+    store: KVStore, run: _Run, docs: Sequence[Document], chunking: tuple[int, int], queue: list[_Pending]
+) -> Iterator[None]:
+    """Plan each document in turn (appending what it needs to ``queue``), yielding after each one."""
+    for part in _slices(docs, _LOOKUP_DOCS):
+        # Only the records of these very documents (same source and id): a same-id document of another
+        # source is a different document and is never read as this one's old version.
+        keys = {_doc_key(d) for d in part}
+        by_doc = store._stored_records(run.col, [d.id for d in part], keys.__contains__)
+        for doc in part:
+            existing = by_doc.get(_doc_key(doc), {})
+            _plan_document(store, doc, chunking, existing, run.col, queue, run.counters, run.delete_ids)
+            run.report()
+            yield
+
 
 def _plan_document(
     store: KVStore,
@@ -236,4 +293,3 @@ def _plan_document(
         delete_ids(stale)
         counters.documents_done += 1
 
-# ------------------------------------------------------------------------------------ search

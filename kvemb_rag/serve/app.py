@@ -1,0 +1,266 @@
+"""The FastAPI application: OpenAI's embeddings API in front of one loaded :class:`~kvemb_rag.KVEmbedder`.
+
+Routes: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{model}`` and ``GET /health`` (the only
+route that needs no key). Every error is answered in OpenAI's shape
+(``{"error": {"message", "type", "param", "code"}}``) and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kvemb_rag.serve.batcher import MicroBatcher
+from kvemb_rag.serve.config import ServeLimits
+from kvemb_rag.serve.schema import APIError, EmbeddingRequest, check_inputs, error_body
+
+if TYPE_CHECKING:
+    from kvemb_rag.embedder import KVEmbedder
+
+__all__ = ["create_app", "run_server"]
+
+logger = logging.getLogger(__name__)
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable message (and the field) from FastAPI's validation errors."""
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = loc[0] if loc else None
+    if first.get("type") == "json_invalid":
+        return "The request body is not valid JSON; send a JSON object such as {\"model\": ..., \"input\": ...}.", None
+    given = first.get("input")
+    where = ".".join(loc) or "body"
+    return f"{where}: {first.get('msg', 'invalid value')} (got {given!r:.60}).", param
+
+
+def create_app(
+    embedder: KVEmbedder,
+    *,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    limits: ServeLimits | None = None,
+) -> FastAPI:
+    """An OpenAI-compatible embedding API serving ``embedder``.
+
+    Args:
+        embedder: The loaded engine; every request is encoded with it (``encode_document`` or
+            ``encode_query``, unit float32 vectors), through a :class:`~kvemb_rag.serve.batcher.MicroBatcher`.
+        model_name: The name requests must give as ``model`` (and ``/v1/models`` lists); default the
+            embedder's model argument (e.g. ``"smollm2-135m-instruct"``).
+        api_key: When set, every ``/v1`` request needs ``Authorization: Bearer <api_key>`` (else 401).
+        limits: Request limits and batching; default :class:`ServeLimits()`.
+
+    Returns:
+        The application (serve it with uvicorn, or :func:`run_server`).
+    """
+    limits = limits or ServeLimits()
+    name = model_name or embedder.config.model
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model_name must be a non-empty str; got {model_name!r}.")
+    if api_key is not None and not api_key:
+        raise ValueError("api_key is empty; give a non-empty key, or None for no authentication.")
+    created = int(time.time())
+    dim = embedder.dim
+
+    def encode(texts: list[str], side: str) -> np.ndarray:
+        return embedder.encode(texts, prompt=side, show_progress_bar=False)  # (n, dim) float32, unit rows
+
+    batcher = MicroBatcher(encode, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms)
+    tokens = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvemb-tokens")
+
+    def count_tokens(texts: list[str], side: str) -> list[int]:
+        encoded = embedder.tokenizer([embedder.format(t, side) for t in texts])["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        logger.info("Serving %s (%d dimensions) as %r", embedder, dim, name)
+        try:
+            yield
+        finally:
+            await batcher.close()
+            tokens.shutdown(wait=False)
+
+    app = FastAPI(title="kvemb-rag embeddings", summary="OpenAI-compatible KV-Embedding API", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.model_name = name
+    app.state.limits = limits
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return _json(exc.body(), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        message, param = _validation_message(exc)
+        return _json(error_body(message, param=param, code="invalid_value"), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            path = request.url.path
+            message = f"No route {request.method} {path}; this server has POST /v1/embeddings and GET /v1/models."
+        else:
+            message = str(exc.detail)
+        return _json(error_body(message, code=None), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        logger.exception("Request %s %s failed", request.method, request.url.path)
+        body = error_body(f"Internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
+        return JSONResponse(body, status_code=500)
+
+    async def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not header or scheme.lower() != "bearer" or not given.strip():
+            raise APIError(
+                401,
+                "Missing API key: send the header 'Authorization: Bearer <key>' (the server was started with "
+                "--api-key; the openai client sends api_key=... this way).",
+                code="invalid_api_key",
+                type="authentication_error",
+            )
+        if not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+            raise APIError(
+                401, "Incorrect API key provided.", code="invalid_api_key", type="authentication_error"
+            )
+
+    model_card = {"id": name, "object": "model", "created": created, "owned_by": "kvemb-rag"}
+
+    @app.get("/health")
+    async def health() -> Response:
+        return _json({"status": "ok", "model": name, "dimensions": dim})
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> Response:
+        return _json({"object": "list", "data": [model_card]})
+
+    @app.get("/v1/models/{model:path}", dependencies=[Depends(authorize)])
+    async def model(model: str) -> Response:
+        if model != name:
+            raise APIError(
+                404,
+                f"The model {model!r} does not exist; this server serves {name!r}.",
+                param="model",
+                code="model_not_found",
+            )
+        return _json(model_card)
+
+    @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
+    async def embeddings(body: EmbeddingRequest) -> Response:
+        if body.model != name:
+            raise APIError(
+                404,
+                f"The model {body.model!r} does not exist on this server; it serves {name!r} (GET /v1/models). "
+                f"Pass model={name!r}.",
+                param="model",
+                code="model_not_found",
+            )
+        if body.dimensions is not None and body.dimensions != dim:
+            raise APIError(
+                400,
+                f"dimensions={body.dimensions} is not available: {name!r} gives {dim}-dimensional vectors and "
+                f"this server does not shorten them; omit 'dimensions' or pass {dim}.",
+                param="dimensions",
+                code="unsupported_dimensions",
+            )
+        texts = check_inputs(body.input, max_inputs=limits.max_inputs)
+        side = body.input_type or "document"
+        counts = await asyncio.get_running_loop().run_in_executor(tokens, count_tokens, texts, side)
+        too_long = [(i, n) for i, n in enumerate(counts) if n > limits.max_tokens_per_input]
+        if too_long:
+            i, n = too_long[0]
+            others = f" ({len(too_long) - 1} more inputs are too long as well)" if len(too_long) > 1 else ""
+            raise APIError(
+                400,
+                f"input[{i}] has {n} tokens (with its {side} template); the limit is {limits.max_tokens_per_input} "
+                f"tokens per input (--max-tokens-per-input){others}. Inputs are never truncated: shorten or split "
+                "it (whole documents belong to `kvemb index`, which chunks them).",
+                param="input",
+                code="input_too_long",
+            )
+        vectors = await batcher.embed(texts, side)  # (n, dim)
+        if body.encoding_format == "base64":
+            encoded: list[Any] = [
+                base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii") for v in vectors
+            ]
+        else:
+            encoded = [v.tolist() for v in vectors]
+        total = sum(counts)
+        return _json(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
+                "model": name,
+                "usage": {"prompt_tokens": total, "total_tokens": total},
+            }
+        )
+
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(
+    embedder: KVEmbedder,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    limits: ServeLimits | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve ``embedder`` with uvicorn until interrupted (one process, the model loaded once).
+
+    Args:
+        embedder: The loaded engine.
+        host: Interface to bind; the loopback interface unless told otherwise.
+        port: TCP port.
+        model_name: As in :func:`create_app`.
+        api_key: As in :func:`create_app`.
+        limits: As in :func:`create_app`.
+        log_level: uvicorn's log level.
+    """
+    import uvicorn
+
+    if not _is_loopback(host) and api_key is None:
+        logger.warning(
+            "Serving on %s without --api-key: anyone who can reach this address can use the model.", host
+        )
+    app = create_app(embedder, model_name=model_name, api_key=api_key, limits=limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)

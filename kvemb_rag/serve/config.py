@@ -1,0 +1,42 @@
+"""The embedding server's limits and batching settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServeLimits"]
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Request limits and dynamic-batching settings of :func:`kvemb_rag.serve.create_app`.
+
+    Attributes:
+        max_inputs: Most strings in one request (OpenAI: 2,048).
+        max_tokens_per_input: Most tokens of one input, counted as the engine counts them (the text inside
+            its template, special tokens included); longer inputs are refused, never truncated (OpenAI:
+            8,192). Whole documents belong to ``kvemb index``, which chunks them.
+        max_batch: Most texts in one engine call: concurrent requests are coalesced up to this many.
+        max_wait_ms: How long the batcher waits for more texts after the first one arrives before it runs
+            the engine (requests arriving while the engine runs join the next call without waiting).
+
+    Raises:
+        ValueError: A limit that is not a positive int, or a negative / non-finite wait.
+    """
+
+    max_inputs: int = 2048
+    max_tokens_per_input: int = 8192
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_inputs", "max_tokens_per_input", "max_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServeLimits.{name} must be an int >= 1; got {value!r}.")
+        wait = self.max_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 10_000:
+            raise ValueError(
+                f"ServeLimits.max_wait_ms must be a number of milliseconds in [0, 10000]; got {wait!r} "
+                "(a few ms is typical: 0 runs each engine call as soon as the previous one ends)."
+            )
