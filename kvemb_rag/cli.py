@@ -553,14 +553,21 @@ def layers(
         if device is not None:
             kwargs["device"] = device
         embedder = KVEmbedder(name, strategy="kv", layers="auto", **kwargs)
-        curve = list(embedder.id_curve or [])
+        selection = embedder.select_layers()
+        curve = list(selection.id_curve)
         chosen = list(embedder.layers)
+        id_window = list(selection.layers)
         fraction = embedder.config.selection.skip_fraction
         skipped = min(math.floor(fraction * len(curve)), max(len(curve) - 1, 0))
         if plot is not None:
             _plot_curve(curve, chosen, skipped, name, plot)
     if as_json:
-        record = {"model": name, "id_curve": [None if math.isnan(v) else v for v in curve], "layers": chosen}
+        record = {
+            "model": name,
+            "id_curve": [None if math.isnan(v) else v for v in curve],
+            "layers": chosen,
+            "id_minimum_window": id_window,
+        }
         print(json.dumps({**record, "ignored_layers": list(range(skipped))}, indent=2))
     else:
         table = Table(title=f"Intrinsic dimension per layer: {name}", title_justify="left")
@@ -568,10 +575,12 @@ def layers(
         table.add_column("ID", justify="right")
         table.add_column("")
         for i, value in enumerate(curve):
-            note = "re-routed" if i in chosen else f"ignored (first {fraction:.0%})" if i < skipped else ""
-            table.add_row(str(i), "nan" if math.isnan(value) else f"{value:.2f}", note)
+            notes = ["re-routed"] if i in chosen else []
+            notes += ["ID-minimum window"] if i in id_window else []
+            notes += [f"ignored by the ID rule (first {fraction:.0%})"] if i < skipped else []
+            table.add_row(str(i), "nan" if math.isnan(value) else f"{value:.2f}", ", ".join(notes))
         out.print(table)
-        out.print(f"Chosen layers: {chosen}")
+        out.print(f"Re-routed layers ({embedder.config.selection.rule} rule): {chosen}; ID-minimum window: {id_window}")
     if plot is not None:
         err.print(f"Plot written to {plot}")
 

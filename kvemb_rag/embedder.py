@@ -59,8 +59,9 @@ class _Unit:
 class KVEmbedder:
     """Training-free text embeddings from a decoder-only LLM (KV-Embedding, arXiv 2601.01046).
 
-    At a few layers chosen by intrinsic dimension, the last token's key/value is re-routed as an extra
-    prefix slot that every token attends to, inside one forward pass; a compression prompt and hybrid
+    At a few layers (a window in the middle of the network by default, or the paper's intrinsic-dimension
+    minimum), the last token's key/value is re-routed as an extra prefix slot that every token attends to,
+    inside one forward pass; a one-word prompt (PromptEOL's by default, measured) and hybrid
     (last + mean) pooling finish the embedding. See ``method.md`` for the specification; other strategies
     are the paper's baselines, with the same API.
 
@@ -70,7 +71,7 @@ class KVEmbedder:
             :data:`~kvemb_rag.models.DEFAULT_MODEL` (SmolLM2-135M-Instruct, installed from the package index).
         strategy: ``"kv"`` (the method), ``"kv-ablation"`` (same prompt and pooling, no re-routing),
             ``"last"``, ``"mean"``, ``"prompteol"`` or ``"echo"``.
-        layers: ``"auto"`` (intrinsic-dimension selection, cached on disk) or 0-based layer indices.
+        layers: ``"auto"`` (the ``selection`` rule: the middle window by default) or 0-based layer indices.
         bias: Logit bias of the re-routed slot (method.md: 1.0).
         pooling: ``"hybrid"`` (last + mean), ``"last"`` or ``"mean"``; default the strategy's own.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available, else CPU.
@@ -88,7 +89,7 @@ class KVEmbedder:
         revision: Hub revision.
         trust_remote_code: Passed to transformers.
         allow_unverified_architecture: Opt in to model types outside the verified list.
-        selection: The layer-selection rule (fractions, number of calibration texts).
+        selection: The layer-selection rule: ``LayerSelectionConfig(rule="middle" | "intrinsic-dimension")``.
         show_progress_bar: Default for :meth:`encode` and calibration; ``None`` shows bars on a terminal.
 
     Example:
@@ -335,17 +336,23 @@ class KVEmbedder:
                     f"(valid indices 0..{num_layers - 1})."
                 )
             return chosen
+        if self.config.selection.rule == "middle":
+            return layer_selection.middle_window(num_layers, self.config.selection)
         selection = self.select_layers()
         self.id_curve = list(selection.id_curve)
         return selection.layers
 
     def select_layers(self) -> layer_selection.LayerSelection:
-        """Run (or read from the cache) the intrinsic-dimension layer selection of method.md step 4.
+        """Run (or read from the cache) the paper's intrinsic-dimension layer selection (docs/method.md).
+
+        ``layers="auto"`` uses it when ``selection.rule == "intrinsic-dimension"``; ``kvemb layers`` uses it to
+        show the curve whatever the rule.
 
         Returns:
             The selection, with the per-layer ID curve (index ``l`` = the input of decoder layer ``l``).
         """
-        rule = self.config.selection
+        # The curve and its window do not depend on the rule's choice or the middle rule's position.
+        rule = dataclasses.replace(self.config.selection, rule="intrinsic-dimension", position=0.5)
         texts = self._calibration_texts or default_calibration_texts(rule.num_calibration_texts)
         self._check_texts(texts)
         template = self.config.template("document")

@@ -1,9 +1,9 @@
-"""Automatic layer selection by intrinsic dimension (method.md step 4).
+"""Automatic layer selection: the middle window (the default) or the intrinsic-dimension minimum (the paper).
 
-TwoNN (Facco et al. 2017) estimates the intrinsic dimension (ID) of the last-token states at every layer
-over prompted calibration texts; the re-routed window starts at the layer of minimal ID after the first
-20% of layers and spans ``floor(0.1 L)`` more layers. The result depends only on the model, the
-calibration texts, the template and the rule, so it is cached on disk under that identity.
+For the paper's rule, TwoNN (Facco et al. 2017) estimates the intrinsic dimension (ID) of the last-token
+states at every layer over prompted calibration texts; the re-routed window starts at the layer of minimal
+ID after the first 20% of layers and spans ``floor(0.1 L)`` more layers. The result depends only on the
+model, the calibration texts, the template and the rule, so it is cached on disk under that identity.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "LayerSelection",
     "cache_directory",
     "load_cached_selection",
+    "middle_window",
     "save_cached_selection",
     "select_window",
     "selection_cache_key",
@@ -128,6 +129,31 @@ def select_window(id_curve: Sequence[float], rule: LayerSelectionConfig | None =
     best = start + int(np.nanargmin(candidates))
     width = math.floor(rule.window_fraction * num_layers)
     return tuple(range(best, min(best + width, num_layers - 1) + 1))
+
+
+def middle_window(num_layers: int, rule: LayerSelectionConfig | None = None) -> tuple[int, ...]:
+    """The ``"middle"`` rule: a window of ``floor(window_fraction * L) + 1`` layers at ``position``.
+
+    The window starts at ``round(position * (L - width))``: with the defaults, layers 13-16 of SmolLM2's 30
+    and 8-9 of Gemma-3-270M's 18.
+
+    Args:
+        num_layers: ``L``, the number of decoder layers.
+        rule: The rule; the defaults when ``None``.
+
+    Returns:
+        The selected layer indices, ascending.
+
+    Example:
+        >>> middle_window(32)
+        (14, 15, 16, 17)
+    """
+    rule = rule or LayerSelectionConfig()
+    if num_layers < 1:
+        raise ValueError(f"num_layers={num_layers}: the model reports no layers.")
+    width = min(math.floor(rule.window_fraction * num_layers) + 1, num_layers)
+    start = round(rule.position * (num_layers - width))
+    return tuple(range(start, start + width))
 
 
 def selection_cache_key(

@@ -14,6 +14,8 @@ from transformers import BertConfig, BertModel, BloomConfig, BloomForCausalLM
 from kvemb_rag import STRATEGIES, KVEmbedder, LayerSelectionConfig, select_window, twonn_dimension
 from kvemb_rag.calibration import default_calibration_texts
 from kvemb_rag.chunking import combine_chunk_vectors
+from kvemb_rag.config import COMPRESSION_DOCUMENT_TEMPLATE
+from kvemb_rag.layers import middle_window
 from tests.foreign_models import save_foreign
 from tests.tiny_models import STORIES, build, word_tokenizer
 
@@ -31,9 +33,13 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("kvemb-cache"))
 
 
+ID_RULE = LayerSelectionConfig(rule="intrinsic-dimension")
+
+
 @pytest.fixture(scope="module")
 def stories(cache_dir: str) -> KVEmbedder:
-    return KVEmbedder(str(STORIES), cache_dir=cache_dir, device="cpu")
+    """The trained tiny model with the paper's intrinsic-dimension rule (exercises calibration and its cache)."""
+    return KVEmbedder(str(STORIES), cache_dir=cache_dir, device="cpu", selection=ID_RULE)
 
 
 @pytest.fixture(scope="module")
@@ -121,17 +127,42 @@ def test_layer_cache_is_hit_on_reuse(stories: KVEmbedder, cache_dir: str) -> Non
     mtime = files[0].stat().st_mtime_ns
     again = stories.select_layers()
     assert again.from_cache and again.layers == stories.layers
-    assert KVEmbedder(str(STORIES), cache_dir=cache_dir).layers == stories.layers
+    assert KVEmbedder(str(STORIES), cache_dir=cache_dir, selection=ID_RULE).layers == stories.layers
     assert files[0].stat().st_mtime_ns == mtime  # not recomputed
+    # The position of the middle rule does not enter the ID cache key.
+    moved = LayerSelectionConfig(rule="intrinsic-dimension", position=0.9)
+    assert KVEmbedder(str(STORIES), cache_dir=cache_dir, selection=moved).layers == stories.layers
+    assert len(list((Path(cache_dir) / "layers").glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "expected"),
+    [(5, (2,)), (18, (8, 9)), (30, (13, 14, 15, 16)), (32, (14, 15, 16, 17)), (36, (16, 17, 18, 19))],
+)
+def test_middle_window(num_layers: int, expected: tuple[int, ...]) -> None:
+    assert middle_window(num_layers) == expected
+    assert middle_window(num_layers, LayerSelectionConfig(position=0.0))[0] == 0
+    assert middle_window(num_layers, LayerSelectionConfig(position=1.0))[-1] == num_layers - 1
+
+
+def test_default_rule_is_the_middle_window_without_calibration(tmp_path: Path) -> None:
+    emb = KVEmbedder(str(STORIES), cache_dir=str(tmp_path), device="cpu")
+    assert emb.config.selection.rule == "middle"
+    assert emb.layers == middle_window(5) == (2,) and emb.id_curve is None
+    assert not (tmp_path / "layers").exists()  # no calibration ran
+    with pytest.raises(ValueError, match="rule='minimum' is not valid.*'middle', 'intrinsic-dimension'"):
+        LayerSelectionConfig(rule="minimum")
+    with pytest.raises(ValueError, match="position=1.5 must be in"):
+        LayerSelectionConfig(position=1.5)
 
 
 def test_layer_cache_separates_calibration_texts(qwen3_dir: Path, tmp_path: Path) -> None:
     words = ["the", "cat", "dog", "sat", "on", "mat", "a", "ran", "fast", "red", "blue", "green", "big", "tree"]
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, size=6)) for _ in range(60)]
-    emb = KVEmbedder(str(qwen3_dir), calibration_texts=texts, cache_dir=str(tmp_path))
+    emb = KVEmbedder(str(qwen3_dir), calibration_texts=texts, cache_dir=str(tmp_path), selection=ID_RULE)
     assert emb.id_curve is not None and len(emb.id_curve) == 4
-    other = KVEmbedder(str(qwen3_dir), calibration_texts=texts[:40], cache_dir=str(tmp_path))
+    other = KVEmbedder(str(qwen3_dir), calibration_texts=texts[:40], cache_dir=str(tmp_path), selection=ID_RULE)
     assert len(list((tmp_path / "layers").glob("*.json"))) == 2
     assert other.layers == select_window(other.id_curve or [])
 
@@ -139,7 +170,10 @@ def test_layer_cache_separates_calibration_texts(qwen3_dir: Path, tmp_path: Path
 def test_cache_dir_env_override(qwen3_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVEMB_CACHE_DIR", str(tmp_path / "env-cache"))
     texts = [f"the cat sat on the mat {w}" for w in ["red", "blue", "green", "big", "small", "tree", "house"]]
-    KVEmbedder(str(qwen3_dir), calibration_texts=texts)
+    # The tiny word tokenizer knows the compression prompt's words, not PromptEOL's.
+    KVEmbedder(
+        str(qwen3_dir), calibration_texts=texts, selection=ID_RULE, document_template=COMPRESSION_DOCUMENT_TEMPLATE
+    )
     assert list((tmp_path / "env-cache" / "layers").glob("*.json"))
 
 
@@ -165,10 +199,14 @@ def test_order_is_restored_after_length_sorting(stories: KVEmbedder) -> None:
 
 
 def test_query_and_document_sides_differ(stories: KVEmbedder) -> None:
-    q = stories.encode_query(SENTENCES[0])
-    d = stories.encode_document(SENTENCES[0])
+    # The default kv templates are the same on both sides (measured best); each side uses its own template.
+    sided = stories.with_options(query_template="Question: {text}", document_template="Passage: {text}")
+    q = sided.encode_query(SENTENCES[0])
+    d = sided.encode_document(SENTENCES[0])
     assert not np.allclose(q, d)
-    np.testing.assert_allclose(stories.encode(SENTENCES[0]), d)  # prompt=None is the document side
+    np.testing.assert_allclose(sided.encode(SENTENCES[0]), d)  # prompt=None is the document side
+    np.testing.assert_allclose(sided.encode_document(SENTENCES[0]), stories.with_options(
+        document_template="Passage: {text}").encode_document(SENTENCES[0]), atol=1e-6)
 
 
 def test_unnormalised_output(stories: KVEmbedder) -> None:
