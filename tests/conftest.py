@@ -28,6 +28,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Different templates per side, for tests that check which side a text went through.
+SIDED_TEMPLATES = {
+    "query_template": "Question: {text}\nAnswer in one word:",
+    "document_template": "Passage: {text}\nSummary in one word:",
+}
+
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
@@ -45,10 +51,14 @@ def kvemb_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model_path: Path, kvemb_cache_dir: Path) -> KVEmbedder:
-    """One loaded ``KVEmbedder`` on the tiny model at max_length 512, shared by the session."""
+    """One loaded ``KVEmbedder`` on the tiny model at max_length 512, shared by the session.
+
+    Its two sides have different templates (the default kv templates are the same on both sides), so tests
+    can tell which side a vector went through.
+    """
     from kvemb_rag import KVEmbedder
 
-    return KVEmbedder(str(tiny_model_path), max_length=512, cache_dir=str(kvemb_cache_dir))
+    return KVEmbedder(str(tiny_model_path), max_length=512, cache_dir=str(kvemb_cache_dir), **SIDED_TEMPLATES)
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +96,12 @@ if spec["mode"] == "query":
     hits = store.query(spec["text"], spec.get("k", 5), per_document=spec.get("per_document", False))
     print(json.dumps([h.to_dict() for h in hits]))
 else:
-    store.embedder = KVEmbedder(spec["model"], max_length=spec.get("max_length", 512))
+    store.embedder = KVEmbedder(
+        spec["model"],
+        max_length=spec.get("max_length", 512),
+        query_template=spec.get("query_template"),
+        document_template=spec.get("document_template"),
+    )
     docs = [Document(**d) for d in spec["docs"]]
     kill_after = spec.get("kill_after_batches")
 

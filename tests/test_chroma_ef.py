@@ -15,6 +15,7 @@ import pytest
 from chromadb.utils.embedding_functions import config_to_embedding_function, known_embedding_functions
 
 from kvemb_rag.chroma import KVEmbeddingFunction
+from tests.conftest import SIDED_TEMPLATES
 
 DOCS = [
     "Tom the cat liked to sleep in the warm sun.",
@@ -32,7 +33,7 @@ def _cache(kvemb_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def ef(tiny_model_path: Path) -> KVEmbeddingFunction:
-    return KVEmbeddingFunction(str(tiny_model_path), max_length=512, layers=[3])
+    return KVEmbeddingFunction(str(tiny_model_path), max_length=512, layers=[3], **SIDED_TEMPLATES)
 
 
 def test_protocol_basics(ef: KVEmbeddingFunction) -> None:

@@ -262,8 +262,10 @@ def test_layers_and_eval_commands(
         subprocess_env,
     )
     assert layers.returncode == 0, layers.stderr
-    assert "Chosen layers: [" in layers.stdout and "re-routed" in layers.stdout
-    assert "ignored" in layers.stdout  # the first 20% of layers are never chosen
+    # The default (middle) window is re-routed; the paper's ID window is shown beside it.
+    assert "Re-routed layers (middle rule): [2]; ID-minimum window: [" in layers.stdout
+    assert "re-routed" in layers.stdout and "ID-minimum window" in layers.stdout
+    assert "ignored by the ID rule" in layers.stdout  # the first 20% of layers are never chosen by it
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     assert evaluation.returncode == 0, evaluation.stderr

@@ -26,6 +26,7 @@ from kvemb_rag.store import (
     KVStore,
     identity_differences,
 )
+from tests.conftest import SIDED_TEMPLATES
 
 _VOCABULARY = """
 cat dog bird fish tree sun moon rain snow ball cake park boat star king queen frog bear girl boy
@@ -222,6 +223,7 @@ def test_interrupted_run_converges_to_the_clean_result(
         "mode": "index",
         "db": str(killed_db),
         "model": str(tiny_embedder.config.model),
+        **SIDED_TEMPLATES,
         "batch": 2,
         "source": "corpus",
         "docs": docs_spec(corpus("b")),

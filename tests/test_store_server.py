@@ -13,6 +13,7 @@ import numpy as np
 from kvemb_rag import KVEmbedder
 from kvemb_rag.sources import Document
 from kvemb_rag.store import KVStore
+from tests.conftest import SIDED_TEMPLATES
 
 _TOPICS = ("cat", "dog", "boat", "rain", "cake", "frog", "king", "moon")
 
@@ -62,6 +63,7 @@ def test_concurrent_writers_lose_nothing(
             "url": chroma_server,
             "collection": "concurrent",
             "model": str(tiny_embedder.config.model),
+            **SIDED_TEMPLATES,
             "batch": 3,  # many small writes, interleaved between the two processes
             "docs": [{"id": d.id, "text": d.text, "metadata": dict(d.metadata)} for d in docs],
         }

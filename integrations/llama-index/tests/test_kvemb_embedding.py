@@ -18,7 +18,11 @@ from kvemb_rag import loader
 # integrations/llama-index/tests/<this file> -> parents[3] is the repository root.
 REPO = Path(__file__).resolve().parents[3]
 TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")
-PARAMS: dict[str, Any] = {"model_name": TINY_MODEL, "max_length": 512, "layers": [3]}
+PARAMS: dict[str, Any] = {"model_name": TINY_MODEL, "max_length": 512, "layers": [3],
+    # Different templates per side (the default kv templates are the same on both sides).
+    "query_template": "Question: {text}\nAnswer in one word:",
+    "document_template": "Passage: {text}\nSummary in one word:",
+}
 TEXTS = [
     "Tom the cat liked to sleep in the warm sun.",
     "The big red boat sailed across the blue sea.",

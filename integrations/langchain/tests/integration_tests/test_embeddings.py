@@ -15,7 +15,11 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 # integrations/langchain/tests/integration_tests/<this file> -> parents[4] is the repository root.
 REPO = Path(__file__).resolve().parents[4]
 TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")
-PARAMS: dict[str, Any] = {"model": TINY_MODEL, "max_length": 512, "layers": [3]}
+PARAMS: dict[str, Any] = {"model": TINY_MODEL, "max_length": 512, "layers": [3],
+    # Different templates per side (the default kv templates are the same on both sides).
+    "query_template": "Question: {text}\nAnswer in one word:",
+    "document_template": "Passage: {text}\nSummary in one word:",
+}
 
 
 class TestKVEmbeddingsStandard(EmbeddingsIntegrationTests):
