@@ -22,12 +22,11 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-OUT = ROOT / "benchmarks" / "method_study" / "long_docs.jsonl"
+from benchmarks.method_study import DATA, OUT_DIR
+
+OUT = OUT_DIR / "long_docs.jsonl"
 LENGTHS = (256, 512, 1024, 2048, 4096)
 CHUNK_LENGTHS = (512,)
 

@@ -295,25 +295,19 @@ class KVStore:
         loaded = json.loads(raw)
         return loaded if isinstance(loaded, dict) else None
 
+    def _recorded(self, key: str) -> int | None:
+        col = self._find_collection()
+        return None if col is None else _recorded_int(col, key)
+
     @property
     def recorded_overlap(self) -> int | None:
         """The chunk overlap of the collection's last indexing run (``None`` if none or no collection)."""
-        col = self._find_collection()
-        return None if col is None else self._recorded_overlap(col)
-
-    @staticmethod
-    def _recorded_overlap(col: Collection) -> int | None:
-        return _recorded_int(col, _OVERLAP_KEY)
+        return self._recorded(_OVERLAP_KEY)
 
     @property
     def recorded_chunk_size(self) -> int | None:
         """The chunk size of the collection's last indexing run (``None`` if none or no collection)."""
-        col = self._find_collection()
-        return None if col is None else self._recorded_chunk_size(col)
-
-    @staticmethod
-    def _recorded_chunk_size(col: Collection) -> int | None:
-        return _recorded_int(col, _CHUNK_SIZE_KEY)
+        return self._recorded(_CHUNK_SIZE_KEY)
 
     def _resolve_chunk_size(self, col: Collection, embedder: KVEmbedder) -> int:
         """This run's chunk size: the store's, else the collection's, else the default (within max_length)."""
@@ -324,7 +318,7 @@ class KVStore:
                     "chunk_size <= max_length, or an embedder with a larger max_length."
                 )
             return self.chunk_size
-        recorded = self._recorded_chunk_size(col)
+        recorded = _recorded_int(col, _CHUNK_SIZE_KEY)
         return min(recorded or DEFAULT_CHUNK_SIZE, embedder.max_length)
 
     @staticmethod

@@ -116,10 +116,7 @@ def embedder_from_identity(identity: Mapping[str, Any], **overrides: Any) -> KVE
         "query_template": identity.get("query_template"),
         "document_template": identity.get("document_template"),
     }
-    from kvemb_rag.config import STRATEGY_SPECS
-
-    strategy_pooling = STRATEGY_SPECS[str(kwargs["strategy"])].pooling if kwargs["strategy"] in STRATEGY_SPECS else None
-    if identity.get("pooling") and identity["pooling"] != strategy_pooling:
+    if identity.get("pooling") not in (None, "echo"):  # echo takes no pooling setting
         kwargs["pooling"] = identity["pooling"]
     if identity.get("layers"):
         kwargs["layers"] = list(identity["layers"])

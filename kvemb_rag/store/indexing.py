@@ -20,6 +20,7 @@ from kvemb_rag.store.collection_io import (
     _content_key,
     _encode_metadata,
     _record_id,
+    _recorded_int,
     _slices,
 )
 from kvemb_rag.store.records import (
@@ -96,7 +97,7 @@ def index_documents(
     embedder = store._require_embedder()
     col = store._writable_collection()
     chunk_size = store._resolve_chunk_size(col, embedder)
-    if store._recorded_overlap(col) != overlap or store._recorded_chunk_size(col) != chunk_size:
+    if _recorded_int(col, _OVERLAP_KEY) != overlap or _recorded_int(col, _CHUNK_SIZE_KEY) != chunk_size:
         # Remembered so that a later run without explicit settings chunks the same way.
         kept = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
         col.modify(metadata={**kept, _OVERLAP_KEY: overlap, _CHUNK_SIZE_KEY: chunk_size})
