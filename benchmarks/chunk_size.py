@@ -132,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from kvemb_rag import KVEmbedder
-    from kvemb_rag.models import default_model
+    from kvemb_rag.engine.models import default_model
 
     model = args.model or default_model()
     suffix = "" if args.task == "qmsum" else "_scifact"

@@ -343,8 +343,8 @@ def natural_calibration_texts(count: int = 1000, seed: int = 0) -> list[str]:
 
 
 def _curves(study: Study, doc_template: str) -> dict[str, list[float]]:
-    from kvemb_rag.calibration import default_calibration_texts
-    from kvemb_rag.layers import twonn_dimension
+    from kvemb_rag.engine.calibration import default_calibration_texts
+    from kvemb_rag.engine.layers import twonn_dimension
 
     cache = study.out.with_suffix(".curves.json")
     if cache.is_file():
@@ -368,8 +368,8 @@ RULES: dict[str, Callable[[int], tuple[float, float]]] = {
 
 def selection_variants(study: Study, doc_template: str) -> dict[str, tuple[int, ...]]:
     """Layers each (texts, state, rule) variant of the ID selection picks."""
-    from kvemb_rag.config import LayerSelectionConfig
-    from kvemb_rag.layers import select_window
+    from kvemb_rag.engine.config import LayerSelectionConfig
+    from kvemb_rag.engine.layers import select_window
 
     picks: dict[str, tuple[int, ...]] = {}
     for curve_name, curve in _curves(study, doc_template).items():

@@ -222,7 +222,7 @@ def run(
     from sentence_transformers import SentenceTransformer, models
 
     from kvemb_rag import KVEmbedder
-    from kvemb_rag.batching import length_batches
+    from kvemb_rag.engine.batching import length_batches
 
     logging.basicConfig(level=logging.WARNING)
     results: dict[str, object] = {"machine": machine(), "shape": shape, "device": device}

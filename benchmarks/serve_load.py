@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 
 def _default_model() -> str:
-    from kvemb_rag.models import bundled_model_path
+    from kvemb_rag.engine.models import bundled_model_path
 
     try:
         bundled_model_path("smollm2-135m-instruct")

@@ -11,12 +11,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kvemb_rag.calibration import default_calibration_texts
-    from kvemb_rag.chunking import Chunk, chunk_text
-    from kvemb_rag.config import STRATEGIES, EmbedderConfig, LayerSelectionConfig
-    from kvemb_rag.embedder import KVEmbedder
-    from kvemb_rag.layers import LayerSelection, select_window, twonn_dimension
-    from kvemb_rag.loader import VERIFIED_MODEL_TYPES, clear_model_cache
+    from kvemb_rag.engine.calibration import default_calibration_texts
+    from kvemb_rag.engine.chunking import Chunk, chunk_text
+    from kvemb_rag.engine.config import STRATEGIES, EmbedderConfig, LayerSelectionConfig
+    from kvemb_rag.engine.embedder import KVEmbedder
+    from kvemb_rag.engine.layers import LayerSelection, select_window, twonn_dimension
+    from kvemb_rag.engine.loader import VERIFIED_MODEL_TYPES, clear_model_cache
 
 __all__ = [
     "STRATEGIES",
@@ -36,18 +36,18 @@ __version__ = "0.1.0"
 
 # Where each public name lives.
 _HOMES = {
-    "default_calibration_texts": "kvemb_rag.calibration",
-    "Chunk": "kvemb_rag.chunking",
-    "chunk_text": "kvemb_rag.chunking",
-    "STRATEGIES": "kvemb_rag.config",
-    "EmbedderConfig": "kvemb_rag.config",
-    "LayerSelectionConfig": "kvemb_rag.config",
-    "KVEmbedder": "kvemb_rag.embedder",
-    "LayerSelection": "kvemb_rag.layers",
-    "select_window": "kvemb_rag.layers",
-    "twonn_dimension": "kvemb_rag.layers",
-    "VERIFIED_MODEL_TYPES": "kvemb_rag.loader",
-    "clear_model_cache": "kvemb_rag.loader",
+    "default_calibration_texts": "kvemb_rag.engine.calibration",
+    "Chunk": "kvemb_rag.engine.chunking",
+    "chunk_text": "kvemb_rag.engine.chunking",
+    "STRATEGIES": "kvemb_rag.engine.config",
+    "EmbedderConfig": "kvemb_rag.engine.config",
+    "LayerSelectionConfig": "kvemb_rag.engine.config",
+    "KVEmbedder": "kvemb_rag.engine.embedder",
+    "LayerSelection": "kvemb_rag.engine.layers",
+    "select_window": "kvemb_rag.engine.layers",
+    "twonn_dimension": "kvemb_rag.engine.layers",
+    "VERIFIED_MODEL_TYPES": "kvemb_rag.engine.loader",
+    "clear_model_cache": "kvemb_rag.engine.loader",
 }
 
 

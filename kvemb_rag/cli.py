@@ -36,11 +36,11 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from kvemb_rag.models import DEFAULT_MODEL, default_model
+from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
 from kvemb_rag.store import DEFAULT_CHUNK_SIZE  # the store module imports chromadb only when a store opens
 
 if TYPE_CHECKING:
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
     from kvemb_rag.sources import Document
     from kvemb_rag.store import Hit, IndexSummary, KVStore, ProgressCallback
 
@@ -151,7 +151,7 @@ def _build_embedder(
     device: str | None,
 ) -> KVEmbedder:
     """The collection's embedder when it exists and no --model is given, else one from the flags."""
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
     from kvemb_rag.store import embedder_from_identity
 
     overrides: dict[str, Any] = {}
@@ -378,7 +378,7 @@ def serve(
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")] = None,
 ) -> None:
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings); needs the serve extra."""
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
 
     with _user_errors():
         try:
@@ -545,7 +545,7 @@ def layers(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Show the intrinsic-dimension curve per layer and the layers KV-Embedding re-routes."""
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
 
     with _user_errors():
         name = model_argument(model or default_model())

@@ -1,6 +1,6 @@
 """The project demo (``make demo`` / ``python -m kvemb_rag.demo``): offline RAG with one loaded model.
 
-1. Loads the LLM once (:func:`~kvemb_rag.loader.load_causal_lm`) and builds the embedder on the same
+1. Loads the LLM once (:func:`~kvemb_rag.engine.loader.load_causal_lm`) and builds the embedder on the same
    weights (:meth:`KVEmbedder.from_model <kvemb_rag.KVEmbedder.from_model>`).
 2. Embeds a few sentences and prints their cosine-similarity matrix.
 3. Indexes the project's own documentation (``README.md`` and ``docs/*.md``) into a local store under
@@ -9,7 +9,7 @@
 5. Answers a question with the same model from the retrieved chunks, citing them.
 
 The store goes to ``$KVEMB_DEMO_STORE`` when set. The model is ``$KVEMB_MODEL``, else the bundled default
-(:data:`kvemb_rag.models.DEFAULT_MODEL`, installed from the package index: no hub access needed).
+(:data:`kvemb_rag.engine.models.DEFAULT_MODEL`, installed from the package index: no hub access needed).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from kvemb_rag.cli import hits_table, model_argument, summary_table
-from kvemb_rag.embedder import KVEmbedder
-from kvemb_rag.loader import load_causal_lm
-from kvemb_rag.models import default_model
+from kvemb_rag.engine.embedder import KVEmbedder
+from kvemb_rag.engine.loader import load_causal_lm
+from kvemb_rag.engine.models import default_model
 from kvemb_rag.sources import Document
 from kvemb_rag.store import EmbedderMismatchError, Hit, KVStore
 

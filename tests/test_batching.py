@@ -1,4 +1,4 @@
-"""Length-sorted batching with a padding budget (`kvemb_rag.batching`) and its use by the engine."""
+"""Length-sorted batching with a padding budget (`kvemb_rag.engine.batching`) and its use by the engine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvemb_rag import KVEmbedder
-from kvemb_rag.batching import length_batches
+from kvemb_rag.engine.batching import length_batches
 
 lengths_st = st.lists(st.integers(min_value=1, max_value=4096), max_size=200)
 

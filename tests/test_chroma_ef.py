@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from chromadb.utils.embedding_functions import config_to_embedding_function, known_embedding_functions
 
-from kvemb_rag.chroma import KVEmbeddingFunction
+from kvemb_rag.embedding_function import KVEmbeddingFunction
 from tests.conftest import SIDED_TEMPLATES
 
 DOCS = [
@@ -112,7 +112,7 @@ _REOPEN = textwrap.dedent(
     """
     import json, sys
     import chromadb
-    import kvemb_rag.chroma  # registers "kvemb" so the stored configuration can be rebuilt
+    import kvemb_rag.embedding_function  # registers "kvemb" so the stored configuration can be rebuilt
 
     collection = chromadb.PersistentClient(path=sys.argv[1]).get_collection("stories")
     ef = collection.configuration["embedding_function"]

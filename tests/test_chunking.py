@@ -1,4 +1,4 @@
-"""Tests for kvemb_rag.chunking: token-budgeted, boundary-aware chunking and chunk-vector merging."""
+"""Tests for kvemb_rag.engine.chunking: token-budgeted, boundary-aware chunking and chunk-vector merging."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from kvemb_rag.chunking import Chunk, _is_safe_cut, chunk_text, combine_chunk_vectors
+from kvemb_rag.engine.chunking import Chunk, _is_safe_cut, chunk_text, combine_chunk_vectors
 
 MODEL_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/models/stories260K/hf"
 TEMPLATE = "Context: {text}\nCompress the Context in one word:"
@@ -403,7 +403,7 @@ def test_single_cluster_over_budget_is_split_by_code_point_with_warning(
     count = Counter(tok)
     text = "e" + "\u0301" * 30  # one grapheme cluster of ~61 byte tokens
     max_tokens = _overhead("bytelevel") + 10
-    with caplog.at_level("WARNING", logger="kvemb_rag.chunking"):
+    with caplog.at_level("WARNING", logger="kvemb_rag.engine.chunking"):
         chunks = chunk_text(text, tokenizer=tok, max_tokens=max_tokens, count_tokens=count)
     assert "".join(c.text for c in chunks) == text
     assert all(c.n_tokens <= max_tokens for c in chunks)

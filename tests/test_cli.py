@@ -292,7 +292,7 @@ def test_index_and_search_with_a_gguf_file(subprocess_env: dict[str, str], tmp_p
     """`--model file.gguf`: the collection records the file's SHA-256 and searches find the answer."""
     import hashlib
 
-    from kvemb_rag.models import DEFAULT_MODEL, bundled_model_path
+    from kvemb_rag.engine.models import DEFAULT_MODEL, bundled_model_path
 
     try:
         gguf = bundled_model_path(DEFAULT_MODEL)

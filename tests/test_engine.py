@@ -12,10 +12,10 @@ import torch
 from transformers import BertConfig, BertModel, BloomConfig, BloomForCausalLM
 
 from kvemb_rag import STRATEGIES, KVEmbedder, LayerSelectionConfig, select_window, twonn_dimension
-from kvemb_rag.calibration import default_calibration_texts
-from kvemb_rag.chunking import combine_chunk_vectors
-from kvemb_rag.config import COMPRESSION_DOCUMENT_TEMPLATE
-from kvemb_rag.layers import middle_window
+from kvemb_rag.engine.calibration import default_calibration_texts
+from kvemb_rag.engine.chunking import combine_chunk_vectors
+from kvemb_rag.engine.config import COMPRESSION_DOCUMENT_TEMPLATE
+from kvemb_rag.engine.layers import middle_window
 from tests.foreign_models import save_foreign
 from tests.tiny_models import STORIES, build, word_tokenizer
 
@@ -377,7 +377,7 @@ def test_tokenizer_padding_side_is_explicit(stories: KVEmbedder) -> None:
 
 def test_validate_settings_without_loading() -> None:
     """The adapters' construction-time check: KVEmbedder settings, every problem a ValueError."""
-    from kvemb_rag.config import validate_settings
+    from kvemb_rag.engine.config import validate_settings
 
     config = validate_settings("any/model", layers=[3, 1], max_length=None, device="cuda", dtype="bfloat16")
     assert config.layers == (1, 3)

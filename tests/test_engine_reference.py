@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from kvemb_rag import KVEmbedder
-from kvemb_rag.attention import STATE_KWARG, RerouteState
+from kvemb_rag.engine.attention import STATE_KWARG, RerouteState
 from tests.tiny_models import ARCHITECTURES, build
 
 TOL = float(__import__("os").environ.get("REF_TOL", "1e-5"))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from kvemb_rag.models import (
+from kvemb_rag.engine.models import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
     BundledModel,
@@ -223,7 +223,7 @@ def test_default_model_matches_the_reference(smollm2: object) -> None:
 def test_one_model_for_embedding_and_generation(smollm2: object, kvemb_cache_dir: Path) -> None:
     """from_model shares the LLM's weights; its vectors equal the loaded engine's; generation is unchanged."""
     from kvemb_rag import KVEmbedder
-    from kvemb_rag.loader import load_causal_lm
+    from kvemb_rag.engine.loader import load_causal_lm
 
     llm, tokenizer = load_causal_lm(DEFAULT_MODEL, cache_dir=str(kvemb_cache_dir))
     prompt = tokenizer.apply_chat_template(

@@ -11,8 +11,8 @@ import pytest
 from transformers import AutoModel
 
 from kvemb_rag import clear_model_cache
-from kvemb_rag.chroma import KVEmbeddingFunction
-from kvemb_rag.shared import clear_shared_embedders
+from kvemb_rag.embedding_function import KVEmbeddingFunction
+from kvemb_rag.engine.shared import clear_shared_embedders
 
 pytest.importorskip("langchain_kvemb", reason="install integrations/langchain (make install)")
 pytest.importorskip("llama_index.embeddings.kvemb", reason="install integrations/llama-index (make install)")

@@ -39,7 +39,7 @@ def test_one_cell_picks_the_model(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     picking = [c for c in nb.cells if c.cell_type == "code" and "KVEMB_MODEL" in c.source]
     assert len(picking) == 1 and MODEL_LINE in picking[0].source  # the bundled default unless KVEMB_MODEL is set
-    assert "from kvemb_rag.models import DEFAULT_MODEL" in picking[0].source
+    assert "from kvemb_rag.engine.models import DEFAULT_MODEL" in picking[0].source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))

@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from kvemb_rag.config import STRATEGIES
+from kvemb_rag.engine.config import STRATEGIES
 from kvemb_rag.evaluation.data import (
     ClassificationData,
     LabelledTexts,
@@ -236,7 +236,7 @@ def _release_models() -> None:
     """Drop the engine's shared models so that the next model fits in memory (several LLMs in one run)."""
     import gc
 
-    from kvemb_rag.loader import clear_model_cache
+    from kvemb_rag.engine.loader import clear_model_cache
 
     clear_model_cache()
     gc.collect()

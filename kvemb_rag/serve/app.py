@@ -30,7 +30,7 @@ from kvemb_rag.serve.config import ServeLimits
 from kvemb_rag.serve.schema import APIError, EmbeddingRequest, check_inputs, error_body
 
 if TYPE_CHECKING:
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
 
 __all__ = ["create_app", "run_server"]
 

@@ -85,7 +85,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

@@ -38,7 +38,7 @@ from kvemb_rag.store.indexing import BulkEmbed, index_documents
 from kvemb_rag.store.records import IndexSummary, ProgressCallback, _Pending
 
 if TYPE_CHECKING:
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
     from kvemb_rag.store import KVStore
 
 __all__ = ["EmbedActor", "RayIndexConfig", "ray_add_documents", "ray_sync_documents"]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
 
 __all__ = [
     "CollectionNotFoundError",
@@ -105,7 +105,7 @@ def embedder_from_identity(identity: Mapping[str, Any], **overrides: Any) -> KVE
     Raises:
         ValueError: ``identity`` lacks the ``model`` entry.
     """
-    from kvemb_rag.embedder import KVEmbedder
+    from kvemb_rag.engine.embedder import KVEmbedder
 
     if not identity.get("model"):
         raise ValueError(f"The identity {dict(identity)!r} names no model; it cannot be rebuilt.")

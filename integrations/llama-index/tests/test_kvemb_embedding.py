@@ -13,7 +13,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.embeddings.kvemb import KVEmbedding
 from pydantic import ValidationError
 
-from kvemb_rag import loader
+from kvemb_rag.engine import loader
 
 # integrations/llama-index/tests/<this file> -> parents[3] is the repository root.
 REPO = Path(__file__).resolve().parents[3]
@@ -57,7 +57,7 @@ def test_construction_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(name)
         return real(name, **kwargs)
 
-    monkeypatch.setattr("kvemb_rag.embedder.load_model", spy)
+    monkeypatch.setattr("kvemb_rag.engine.embedder.load_model", spy)
     model = KVEmbedding(model_name="nobody/not-a-real-model-for-kvemb-tests")
     assert model.to_dict()["model_name"] == "nobody/not-a-real-model-for-kvemb-tests"  # serialisable unloaded
     assert calls == []

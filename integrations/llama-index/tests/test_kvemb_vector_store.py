@@ -11,7 +11,7 @@ from llama_index.core.schema import MetadataMode
 from llama_index.embeddings.kvemb import KVEmbedding
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
-from kvemb_rag.chroma import KVEmbeddingFunction
+from kvemb_rag.embedding_function import KVEmbeddingFunction
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")

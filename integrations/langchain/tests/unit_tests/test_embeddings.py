@@ -10,7 +10,7 @@ from langchain_kvemb import KVEmbeddings
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 from pydantic import ValidationError
 
-from kvemb_rag import loader
+from kvemb_rag.engine import loader
 
 # integrations/langchain/tests/unit_tests/<this file> -> parents[4] is the repository root.
 REPO = Path(__file__).resolve().parents[4]
@@ -41,7 +41,7 @@ def test_construction_is_lazy_and_offline(monkeypatch: pytest.MonkeyPatch) -> No
         return real(name, **kwargs)
 
     monkeypatch.setattr(loader, "load_model", spy)
-    monkeypatch.setattr("kvemb_rag.embedder.load_model", spy)
+    monkeypatch.setattr("kvemb_rag.engine.embedder.load_model", spy)
     # A hub name that cannot be reached here: construction must still succeed, since nothing is fetched.
     KVEmbeddings(model="nobody/not-a-real-model-for-kvemb-tests")
     KVEmbeddings(model=TINY_MODEL, layers=[3])

@@ -12,9 +12,9 @@ from pydantic import NonNegativeInt
 from typing_extensions import Self
 
 from kvemb_rag import KVEmbedder
-from kvemb_rag.config import validate_settings
-from kvemb_rag.models import DEFAULT_MODEL, default_model
-from kvemb_rag.shared import shared_embedder
+from kvemb_rag.engine.config import validate_settings
+from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
+from kvemb_rag.engine.shared import shared_embedder
 
 __all__ = ["DEFAULT_MODEL", "KVEmbedding"]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kvemb_rag.config import LayerSelectionConfig
-from kvemb_rag.models import cache_directory  # one home for kvemb-rag's cache location
+from kvemb_rag.engine.config import LayerSelectionConfig
+from kvemb_rag.engine.models import cache_directory  # one home for kvemb-rag's cache location
 
 __all__ = [
     "LayerSelection",

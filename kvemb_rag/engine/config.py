@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
-from kvemb_rag.batching import check_max_padding
+from kvemb_rag.engine.batching import check_max_padding
 
 Strategy = Literal["kv", "kv-ablation", "last", "mean", "prompteol", "echo"]
 PromptName = Literal["query", "document"]
@@ -145,7 +145,7 @@ class EmbedderConfig:
             model's context size if smaller.
         batch_size: Most texts per forward pass.
         max_padding: Largest share of a batch's positions that may be padding (see
-            :func:`kvemb_rag.batching.length_batches`); ``1.0`` batches like sentence-transformers.
+            :func:`kvemb_rag.engine.batching.length_batches`); ``1.0`` batches like sentence-transformers.
         query_template: Template of the query side; ``None`` means the strategy's default.
         document_template: Template of the document side; ``None`` means the strategy's default.
         revision: Hub revision (branch, tag or commit) to load.

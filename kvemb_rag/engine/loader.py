@@ -29,8 +29,15 @@ from transformers import (
 )
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from kvemb_rag import attention
-from kvemb_rag.models import GGUFFileError, ModelSource, cache_directory, file_sha256, gguf_architecture, resolve_source
+from kvemb_rag.engine import attention
+from kvemb_rag.engine.models import (
+    GGUFFileError,
+    ModelSource,
+    cache_directory,
+    file_sha256,
+    gguf_architecture,
+    resolve_source,
+)
 
 __all__ = [
     "ENCODER_MODEL_TYPES",
@@ -306,7 +313,7 @@ def load_model(
 
     Args:
         name: Hub name, local directory, GGUF file (or a folder holding one), or a bundled model name
-            (:data:`kvemb_rag.models.BUNDLED_MODELS`); see :func:`kvemb_rag.models.resolve_source`.
+            (:data:`kvemb_rag.engine.models.BUNDLED_MODELS`); see :func:`kvemb_rag.engine.models.resolve_source`.
         revision: Hub revision.
         device: Torch device; ``None`` picks CUDA when available, else CPU.
         dtype: Compute dtype; ``None`` picks bfloat16 on CUDA, float32 elsewhere.
@@ -317,13 +324,13 @@ def load_model(
 
     Returns:
         The loaded model, in eval mode on ``device``, with its attention routed through
-        :func:`kvemb_rag.attention.kv_reroute_attention`.
+        :func:`kvemb_rag.engine.attention.kv_reroute_attention`.
 
     Raises:
         FileNotFoundError: A local path that does not exist, or a bundled model that is not installed.
         OSError: A hub name that cannot be reached or found in the local cache.
         ValueError: An encoder or unverified architecture, a GGUF architecture transformers cannot read, a
-            damaged GGUF file (:class:`~kvemb_rag.models.GGUFFileError`), or a bad device / dtype.
+            damaged GGUF file (:class:`~kvemb_rag.engine.models.GGUFFileError`), or a bad device / dtype.
     """
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
