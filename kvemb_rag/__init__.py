@@ -17,12 +17,14 @@ if TYPE_CHECKING:
     from kvemb_rag.engine.embedder import KVEmbedder
     from kvemb_rag.engine.layers import LayerSelection, select_window, twonn_dimension
     from kvemb_rag.engine.loader import VERIFIED_MODEL_TYPES, clear_model_cache
+    from kvemb_rag.errors import KVEmbError
 
 __all__ = [
     "STRATEGIES",
     "VERIFIED_MODEL_TYPES",
     "Chunk",
     "EmbedderConfig",
+    "KVEmbError",
     "KVEmbedder",
     "LayerSelection",
     "LayerSelectionConfig",
@@ -43,6 +45,7 @@ _HOMES = {
     "EmbedderConfig": "kvemb_rag.engine.config",
     "LayerSelectionConfig": "kvemb_rag.engine.config",
     "KVEmbedder": "kvemb_rag.engine.embedder",
+    "KVEmbError": "kvemb_rag.errors",
     "LayerSelection": "kvemb_rag.engine.layers",
     "select_window": "kvemb_rag.engine.layers",
     "twonn_dimension": "kvemb_rag.engine.layers",

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvemb_rag.errors import KVEmbError
+
 __all__ = [
     "RESERVED_METADATA_KEYS",
     "SUPPORTED_SUFFIXES",
@@ -62,7 +64,7 @@ RESERVED_METADATA_KEYS: tuple[str, ...] = (
 _SNIFF_BYTES = 8192
 
 
-class SourceError(ValueError):
+class SourceError(KVEmbError, ValueError):
     """A path given to index cannot be used at all (missing, or a folder without supported files)."""
 
 

@@ -35,6 +35,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
+from kvemb_rag.errors import KVEmbError
+
 __all__ = [
     "BUNDLED_MODELS",
     "DEFAULT_MODEL",
@@ -55,7 +57,7 @@ _GGUF_MAGIC = b"GGUF"
 _HASH_BLOCK = 1 << 22
 
 
-class GGUFFileError(ValueError):
+class GGUFFileError(KVEmbError, ValueError):
     """A GGUF file that cannot be used: not GGUF, truncated or corrupt, or ambiguous."""
 
 

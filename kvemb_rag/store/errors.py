@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from kvemb_rag.errors import KVEmbError
+
 if TYPE_CHECKING:
     from kvemb_rag.engine.embedder import KVEmbedder
 
@@ -19,7 +21,7 @@ __all__ = [
 ]
 
 
-class KVStoreError(Exception):
+class KVStoreError(KVEmbError):
     """Base class of the store's user-facing errors."""
 
 
