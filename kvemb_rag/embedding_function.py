@@ -25,32 +25,20 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from kvemb_rag.engine.config import STRATEGIES, validate_settings
+from kvemb_rag.engine.config import STORED_SETTINGS, VECTOR_SETTINGS, EmbedderConfig, validate_settings
 from kvemb_rag.engine.embedder import KVEmbedder
+from kvemb_rag.engine.identity import canonical_json
 from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
 from kvemb_rag.engine.shared import shared_embedder
+from kvemb_rag.errors import ConfigError
 
 __all__ = ["DEFAULT_MODEL", "KVEmbeddingFunction"]
-
-
-# Settings stored in the collection configuration. `trust_remote_code` is deliberately not among them:
-# reopening a collection must never run code from the hub. `cache_dir` is machine-local and left out too.
-_CONFIG_KEYS: tuple[str, ...] = (
-    "model", "strategy", "layers", "bias", "device", "dtype", "max_length", "batch_size",
-    "query_template", "document_template", "revision", "allow_unverified_architecture",
-)
-# Settings whose change makes new vectors incomparable with the stored ones.
-_VECTOR_KEYS: tuple[str, ...] = (
-    "model", "strategy", "layers", "bias", "dtype", "max_length", "query_template", "document_template",
-    "revision",
-)
-_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 @register_embedding_function
@@ -61,65 +49,37 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
     query-side template (Chroma calls :meth:`embed_query` for them). Vectors are unit-length; the default
     space is cosine. The model loads on the first call, and adapters with the same settings share it.
 
+    The collection stores every setting of :data:`~kvemb_rag.engine.config.STORED_SETTINGS` with the defaults
+    that need no model spelled out (the templates, the pooling and the layer-selection rule), so a later
+    release with other defaults keeps embedding the collection the same way. ``trust_remote_code`` (reopening
+    a collection must never run hub code) and ``cache_dir`` (machine-local) are not stored.
+
     Args:
         model: Hub name, local folder, .gguf file or bundled model; default ``$KVEMB_MODEL``, else the bundled
             :data:`~kvemb_rag.engine.models.DEFAULT_MODEL`.
-        strategy: Engine strategy (``"kv"``, ``"kv-ablation"``, ``"last"``, ``"mean"``, ``"prompteol"``,
-            ``"echo"``).
-        layers: ``"auto"`` (intrinsic-dimension selection) or 0-based layer indices to re-route.
-        bias: Logit bias of the re-routed slot.
-        device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default bfloat16 on CUDA, float32 on CPU.
-        max_length: Tokens per forward pass, template included; longer texts are chunked by the engine.
-        batch_size: Texts per forward pass.
-        query_template: Query-side template with ``{text}``; default the strategy's.
-        document_template: Document-side template with ``{text}``; default the strategy's.
-        revision: Hub revision of the model.
-        allow_unverified_architecture: Opt in to model types outside the verified list.
-        cache_dir: Layer-selection cache directory (not stored in the collection configuration).
+        **settings: Any :class:`~kvemb_rag.KVEmbedder` setting (:data:`~kvemb_rag.engine.config.SETTINGS`):
+            ``strategy``, ``layers``, ``bias``, ``pooling``, ``device``, ``dtype``, ``max_length``,
+            ``batch_size``, templates, ``selection`` (a ``LayerSelectionConfig`` or its fields as a dict)...
 
     Raises:
-        ValueError: Invalid settings, with the valid choices (checked without loading the model).
+        ConfigError: Invalid settings, with the valid choices (checked without loading the model).
     """
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        strategy: str = "kv",
-        layers: str | Sequence[int] = "auto",
-        bias: float = 1.0,
-        device: str | None = None,
-        dtype: str | None = None,
-        max_length: int | None = None,
-        batch_size: int = 16,
-        query_template: str | None = None,
-        document_template: str | None = None,
-        revision: str | None = None,
-        allow_unverified_architecture: bool = False,
-        cache_dir: str | None = None,
-    ) -> None:
-        self.model = model if model is not None else default_model()
-        self.strategy = strategy
-        self.layers: str | list[int] = layers if isinstance(layers, str) else [int(i) for i in layers]
-        self.bias = float(bias)
-        self.device = device
-        self.dtype = dtype
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.query_template = query_template
-        self.document_template = document_template
-        self.revision = revision
-        self.allow_unverified_architecture = allow_unverified_architecture
-        self.cache_dir = cache_dir
-        self.validate_config(self.get_config())
+    def __init__(self, model: str | None = None, **settings: Any) -> None:
+        self.config: EmbedderConfig = validate_settings(
+            default_model() if model is None else model, **settings
+        ).explicit()
+
+    @property
+    def model(self) -> str:
+        """The model this function embeds with."""
+        return self.config.model
 
     # --------------------------------------------------------------------------------- embedding
     @property
     def engine(self) -> KVEmbedder:
         """The shared engine for these settings (loads the model on first access)."""
-        settings = {k: getattr(self, k) for k in _CONFIG_KEYS if k not in ("model", "batch_size")}
-        return shared_embedder(self.model, cache_dir=self.cache_dir, **settings)
+        return shared_embedder(self.config.model, **self.config.settings())
 
     def __call__(self, input: Documents) -> Embeddings:
         """Embed documents (document-side template).
@@ -130,9 +90,7 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
         Returns:
             One unit-length ``float32`` vector per document.
         """
-        engine = self.engine
-        vectors = engine.encode_document(list(input), batch_size=self.batch_size, show_progress_bar=False)
-        return list(vectors)
+        return list(self.engine.encode_document(list(input), show_progress_bar=False))
 
     def embed_query(self, input: Documents) -> Embeddings:
         """Embed search queries (query-side template).
@@ -143,9 +101,7 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
         Returns:
             One unit-length ``float32`` vector per query.
         """
-        engine = self.engine
-        vectors = engine.encode_query(list(input), batch_size=self.batch_size, show_progress_bar=False)
-        return list(vectors)
+        return list(self.engine.encode_query(list(input), show_progress_bar=False))
 
     # ----------------------------------------------------------------------------- chroma protocol
     @staticmethod
@@ -163,7 +119,7 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
 
     def get_config(self) -> dict[str, Any]:
         """JSON-serialisable settings that rebuild this function (see :meth:`build_from_config`)."""
-        return {key: getattr(self, key) for key in _CONFIG_KEYS}
+        return _stored(self.config)
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> KVEmbeddingFunction:
@@ -176,11 +132,10 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
             The embedding function.
 
         Raises:
-            ValueError: An unknown key or an invalid setting.
+            ConfigError: An unknown key or an invalid setting.
         """
-        KVEmbeddingFunction.validate_config(config)
         settings = dict(config)
-        return KVEmbeddingFunction(settings.pop("model"), **settings)
+        return KVEmbeddingFunction(_parse(settings).model, **{k: v for k, v in settings.items() if k != "model"})
 
     @staticmethod
     def validate_config(config: dict[str, Any]) -> None:
@@ -190,45 +145,60 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
             config: Settings as produced by :meth:`get_config`.
 
         Raises:
-            ValueError: Unknown keys, a missing model, or settings the engine would refuse.
+            ConfigError: Unknown keys, a missing model, or settings the engine would refuse.
         """
-        unknown = sorted(set(config) - set(_CONFIG_KEYS))
-        if unknown:
-            raise ValueError(f"Unknown kvemb embedding-function settings {unknown}; valid: {_CONFIG_KEYS}.")
-        model = config.get("model")
-        if not isinstance(model, str) or not model.strip():
-            raise ValueError(
-                f"model={model!r}: give a hub name, a local folder or .gguf file, or a bundled model such as "
-                f"{DEFAULT_MODEL!r}."
-            )
-        strategy = config.get("strategy", "kv")
-        if strategy not in STRATEGIES:
-            valid = ", ".join(map(repr, STRATEGIES))
-            raise ValueError(f"strategy={strategy!r} is not valid; choose one of: {valid}.")
-        dtype = config.get("dtype")
-        if dtype is not None and dtype not in _DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not valid; use None or one of: {', '.join(_DTYPES)}.")
-        validate_settings(model, **{k: v for k, v in config.items() if k != "model"})
+        _parse(config)
 
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
         """Refuse updates that would mix incomparable vectors in one collection.
+
+        The settings compared are the engine's :data:`~kvemb_rag.engine.config.VECTOR_SETTINGS`, the same
+        list the store's embedder identity is made of; defaults are spelled out on both sides first.
 
         Args:
             old_config: The stored configuration.
             new_config: The proposed one.
 
         Raises:
-            ValueError: A setting that changes the vectors (model, strategy, layers, bias, dtype, max_length,
-                templates, revision) differs; ``device`` and ``batch_size`` may change.
+            ConfigError: A setting that changes the vectors differs; ``device``, ``batch_size`` and
+                ``max_padding`` may change.
         """
-        changed = [k for k in _VECTOR_KEYS if old_config.get(k) != new_config.get(k)]
+        old, new = _stored(_parse(old_config)), _stored(_parse(new_config))
+        changed = [k for k in VECTOR_SETTINGS if canonical_json(old.get(k)) != canonical_json(new.get(k))]
         if changed:
-            shown = ", ".join(f"{k}: {old_config.get(k)!r} -> {new_config.get(k)!r}" for k in changed)
-            raise ValueError(
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            raise ConfigError(
                 f"Cannot change {shown}: the collection's vectors were made with the old settings and would "
                 "not be comparable. Create a new collection and re-add the documents instead."
             )
 
     def __repr__(self) -> str:
         name = type(self).__name__
-        return f"{name}(model={self.model!r}, strategy={self.strategy!r}, layers={self.layers!r})"
+        return f"{name}(model={self.model!r}, strategy={self.config.strategy!r}, layers={self.config.layers!r})"
+
+
+def _parse(config: dict[str, Any]) -> EmbedderConfig:
+    """A stored configuration, validated, with its defaults spelled out."""
+    unknown = sorted(set(config) - set(STORED_SETTINGS))
+    if unknown:
+        raise ConfigError(f"Unknown kvemb embedding-function settings {unknown}; valid: {list(STORED_SETTINGS)}.")
+    model = config.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(
+            f"model={model!r}: give a hub name, a local folder or .gguf file, or a bundled model such as "
+            f"{DEFAULT_MODEL!r}."
+        )
+    return validate_settings(model, **{k: v for k, v in config.items() if k != "model"}).explicit()
+
+
+def _stored(config: EmbedderConfig) -> dict[str, Any]:
+    """The JSON form of the settings a collection keeps."""
+    stored: dict[str, Any] = {}
+    for name in STORED_SETTINGS:
+        value = getattr(config, name)
+        if name == "layers" and not isinstance(value, str):
+            value = list(value)
+        elif name == "selection":
+            value = dataclasses.asdict(value)
+        stored[name] = value
+    return stored

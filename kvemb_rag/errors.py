@@ -16,7 +16,14 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "InputError", "KVEmbError", "ModelLoadError"]
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "KVEmbError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "UnsupportedModelError",
+]
 
 
 class KVEmbError(Exception):
@@ -33,3 +40,11 @@ class InputError(KVEmbError, ValueError):
 
 class ModelLoadError(KVEmbError, OSError):
     """A model cannot be found or read (missing folder or file, unknown bundled name, unreadable weights)."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """A model path that does not exist, or a bundled model whose package is not installed."""
+
+
+class UnsupportedModelError(KVEmbError, ValueError):
+    """A model KV-Embedding cannot run on: an encoder, an unverified or unroutable architecture, a slow tokenizer."""

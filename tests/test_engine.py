@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from kvemb_rag.engine.calibration import default_calibration_texts
 from kvemb_rag.engine.chunking import combine_chunk_vectors
 from kvemb_rag.engine.config import COMPRESSION_DOCUMENT_TEMPLATE
 from kvemb_rag.engine.layers import middle_window
+from kvemb_rag.errors import ConfigError, UnsupportedModelError
 from tests.foreign_models import save_foreign
 from tests.tiny_models import STORIES, build, word_tokenizer
 
@@ -307,8 +309,8 @@ def test_empty_and_whitespace_strings(stories: KVEmbedder, strategy: str) -> Non
 
 
 def test_bad_options(stories: KVEmbedder) -> None:
-    with pytest.raises(ValueError, match="prompt='passage'.*'query', 'document'"):
-        stories.encode("x", prompt="passage")
+    with pytest.raises(ConfigError, match="prompt_name='passage'.*'query', 'document'"):
+        stories.encode("x", prompt_name="passage")
     with pytest.raises(ValueError, match="overflow='drop'.*'chunk'"):
         stories.encode("x", overflow="drop")
     with pytest.raises(ValueError, match="strategy='cls'.*'kv'.*'echo'"):
@@ -319,6 +321,32 @@ def test_bad_options(stories: KVEmbedder) -> None:
         stories.with_options(query_template="Query: no placeholder")
     with pytest.raises(TypeError, match="unknown settings"):
         stories.with_options(temperature=0.7)
+
+
+def test_prompt_is_a_deprecated_name_of_prompt_name(stories: KVEmbedder) -> None:
+    with pytest.warns(DeprecationWarning, match=r"encode\(prompt=\.\.\.\) is deprecated.*prompt_name="):
+        old = stories.encode("a query", prompt="query")
+    np.testing.assert_array_equal(old, stories.encode("a query", prompt_name="query"))
+    with pytest.raises(ConfigError, match="give prompt_name only"):
+        stories.encode("x", prompt="query", prompt_name="document")
+
+
+def test_settings_are_listed_once() -> None:
+    """KVEmbedder's keywords, the identity and the Chroma configuration all come from EmbedderConfig."""
+    from kvemb_rag.embedding_function import KVEmbeddingFunction
+    from kvemb_rag.engine.config import RUNTIME_ARGUMENTS, SETTINGS, STORED_SETTINGS, setting_defaults
+    from kvemb_rag.engine.identity import IDENTITY_SETTINGS
+
+    keywords = dict(inspect.signature(KVEmbedder.__init__).parameters)
+    keywords.pop("self")
+    assert set(keywords) == set(SETTINGS) | set(RUNTIME_ARGUMENTS)
+    defaults = setting_defaults()
+    for name, default in defaults.items():
+        expected = None if name == "selection" else default  # None means LayerSelectionConfig()
+        assert keywords[name].default == expected, name
+    assert set(IDENTITY_SETTINGS) < set(SETTINGS) and "model" in IDENTITY_SETTINGS
+    assert list(KVEmbeddingFunction("any/model").get_config()) == list(STORED_SETTINGS)
+    assert {"trust_remote_code", "cache_dir"}.isdisjoint(STORED_SETTINGS)
 
 
 def test_missing_local_path() -> None:
@@ -354,7 +382,7 @@ def test_unverified_type_needs_the_opt_in(tmp_path: Path) -> None:
 def test_census_refuses_layers_that_bypass_the_registry(tmp_path: Path) -> None:
     """A model whose layers compute attention themselves: the engine refuses rather than embed un-routed."""
     path = save_foreign("own_attention", tmp_path)
-    with pytest.raises(RuntimeError, match=r"did not reach layers \[1\]"):
+    with pytest.raises(UnsupportedModelError, match=r"did not reach layers \[1\]"):
         KVEmbedder(path, layers=[1], allow_unverified_architecture=True)
 
 
@@ -384,7 +412,7 @@ def test_validate_settings_without_loading() -> None:
     assert config.max_length is None  # None means the default
     with pytest.raises(ValueError, match=r"Unknown KVEmbedder settings \['batchsize'\]; valid: .*'batch_size'"):
         validate_settings("any/model", batchsize=8)
-    with pytest.raises(ValueError, match="every layer index must be an int"):
-        validate_settings("any/model", layers=["3"])  # a TypeError inside EmbedderConfig, reported as ValueError
+    with pytest.raises(ConfigError, match="every layer index must be an int"):
+        validate_settings("any/model", layers=["3"])
     with pytest.raises(ValueError, match="max_padding=2"):
         validate_settings("any/model", max_padding=2)

@@ -69,7 +69,7 @@ def server(tiny_embedder: KVEmbedder) -> Iterator[Served]:
 def test_vectors_equal_the_engine_on_both_sides(server: Served, tiny_embedder: KVEmbedder) -> None:
     client = server.client()
     for side in ("document", "query"):
-        expected = tiny_embedder.encode(TEXTS, prompt=side)
+        expected = tiny_embedder.encode(TEXTS, prompt_name=side)
         for fmt in ("float", "base64"):
             response = client.embeddings.create(
                 model=NAME, input=TEXTS, encoding_format=fmt, extra_body={"input_type": side}  # type: ignore[arg-type]
@@ -172,7 +172,8 @@ def test_32_concurrent_clients_each_get_their_own_vector(server: Served, tiny_em
         got = np.array(list(pool.map(ask, range(32))))
     for side in ("query", "document"):
         rows = [i for i in range(32) if sides[i] == side]
-        np.testing.assert_allclose(got[rows], tiny_embedder.encode([texts[i] for i in rows], prompt=side), atol=1e-5)
+        expected = tiny_embedder.encode([texts[i] for i in rows], prompt_name=side)
+        np.testing.assert_allclose(got[rows], expected, atol=1e-5)
     calls = server.app.state.batcher.stats.calls - before[0]
     assert server.app.state.batcher.stats.texts - before[1] == 32
     assert calls < 32, f"32 concurrent requests were not coalesced ({calls} engine calls)"

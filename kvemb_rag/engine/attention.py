@@ -7,7 +7,8 @@ Per-call state travels as the forward keyword :data:`STATE_KWARG` (a :class:`Rer
 no module-level mutable state: layers not named in the state, and calls without a state, run
 transformers' own SDPA attention unchanged.
 
-At a selected layer (method.md step 2), on the post-RoPE key/value tensors attention would use:
+At a selected layer (docs/method.md, "Re-routing the last token's key and value"), on the post-RoPE key/value
+tensors attention would use:
 the key and value of each row's last real token are prepended as one extra slot, visible to every query,
 with a scalar bias on its pre-softmax logit; the original causal + padding mask is kept for the other
 ``T`` keys; queries are not extended, so the layer still outputs ``T`` positions.
@@ -122,7 +123,7 @@ def kv_reroute_attention(
     B, H_q, T, D = query.shape
     H_kv = key.shape[1]
 
-    # Last real token of each row, per KV head, as is (post-RoPE, at its own position), method.md step 2.
+    # Last real token of each row, per KV head, as is (post-RoPE, at its own position), docs/method.md "Re-routing".
     index = state.last_index.to(key.device).view(B, 1, 1, 1).expand(B, H_kv, 1, D)  # (B, H_kv, 1, D)
     k_last = key.gather(2, index)  # (B, H_kv, 1, D)
     v_last = value.gather(2, index)  # (B, H_kv, 1, D)

@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from kvemb_rag.errors import ConfigError
+
 __all__ = ["check_max_padding", "length_batches"]
 
 
 def check_max_padding(value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is a number in ``[0, 1]`` (``bool`` is not a number here)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value <= 1):
-        raise ValueError(
+        raise ConfigError(
             f"max_padding={value!r} must be a number in [0, 1]: the share of a batch's positions that may be "
             "padding (0.1 default; 1.0 = fixed-size batches)."
         )
@@ -41,7 +43,7 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float) 
         ValueError: ``batch_size`` < 1, ``max_padding`` outside ``[0, 1]`` or a length < 1.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        raise ConfigError(f"batch_size={batch_size} must be >= 1.")
     check_max_padding(max_padding)
     short = [i for i, n in enumerate(lengths) if n < 1]
     if short:

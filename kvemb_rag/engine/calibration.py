@@ -1,16 +1,18 @@
 """Default calibration texts for layer selection: offline, deterministic, varied.
 
-The method (method.md step 4) runs about 1,000 texts through the model to estimate the intrinsic
-dimension per layer. We ship no corpus; instead :func:`default_calibration_texts` composes texts from
-fixed word lists across twelve domains with a seeded generator (``random.Random(seed)``), mixing
-statements, questions, instructions and short multi-sentence passages of 1 to 4 sentences, so the same
-call always returns the same texts on every machine. Pass ``calibration_texts=[...]`` to
-:class:`~kvemb_rag.KVEmbedder` to use texts from your own domain instead.
+The paper's layer-selection rule (docs/method.md, "Choosing the layers") runs about 1,000 texts through the
+model to estimate the intrinsic dimension per layer. We ship no corpus; instead
+:func:`default_calibration_texts` composes texts from fixed word lists across twelve domains with a seeded
+generator (``random.Random(seed)``), mixing statements, questions, instructions and short multi-sentence
+passages of 1 to 4 sentences, so the same call always returns the same texts on every machine. Pass
+``calibration_texts=[...]`` to :class:`~kvemb_rag.KVEmbedder` to use texts from your own domain instead.
 """
 
 from __future__ import annotations
 
 import random
+
+from kvemb_rag.errors import ConfigError
 
 __all__ = ["default_calibration_texts"]
 
@@ -116,7 +118,7 @@ def default_calibration_texts(n: int = 1000, seed: int = 0) -> list[str]:
         True
     """
     if n < 1:
-        raise ValueError(f"n={n} must be >= 1.")
+        raise ConfigError(f"n={n} must be >= 1.")
     rng = random.Random(seed)
     domains = sorted(_DOMAINS)
     texts: list[str] = []

@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kvemb_rag.errors import ConfigError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -282,7 +284,7 @@ class _Chunker:
                 self.max_tokens,
             )
             return found
-        raise ValueError(
+        raise ConfigError(
             f"max_tokens={self.max_tokens} is too small: the prompt template plus the single character "
             f"{self.text[start]!r} (at offset {start}) already takes {self.count(start, start + 1)} tokens. "
             "Raise max_tokens (the engine's max_length) or use a shorter prompt template."
@@ -360,19 +362,19 @@ def chunk_text(
     if isinstance(overlap, bool) or not isinstance(overlap, int):
         raise TypeError(f"overlap must be an int; got {overlap!r} ({type(overlap).__name__}).")
     if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1; got {max_tokens}. Pass the model's token limit.")
+        raise ConfigError(f"max_tokens must be >= 1; got {max_tokens}. Pass the model's token limit.")
     if overlap < 0:
-        raise ValueError(f"overlap must be >= 0 tokens; got {overlap}. Use 0 for contiguous chunks.")
+        raise ConfigError(f"overlap must be >= 0 tokens; got {overlap}. Use 0 for contiguous chunks.")
     overhead = int(count_tokens(""))
     budget = max_tokens - overhead
     if budget < 1:
-        raise ValueError(
+        raise ConfigError(
             f"max_tokens={max_tokens} is too small for the prompt template, which alone takes {overhead} "
             f"tokens (count_tokens('')); no room is left for text. Use max_tokens > {overhead} (ideally "
             "much larger) or a shorter prompt template."
         )
     if overlap >= budget:
-        raise ValueError(
+        raise ConfigError(
             f"overlap={overlap} must be below the usable budget of {budget} tokens (max_tokens={max_tokens} "
             f"minus {overhead} template tokens); valid range is 0..{budget - 1}. Lower overlap (typically "
             "10-20% of the budget) or raise max_tokens."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,15 @@ from kvemb_rag.engine.config import (
     DEFAULT_MAX_LENGTH,
     OVERFLOW_MODES,
     PROMPT_NAMES,
+    SETTINGS,
     EmbedderConfig,
     LayerSelectionConfig,
 )
+from kvemb_rag.engine.identity import identity_of
 from kvemb_rag.engine.loader import LoadedModel, attach_model, load_model
 from kvemb_rag.engine.models import default_model
 from kvemb_rag.engine.pooling import pool
+from kvemb_rag.errors import ConfigError, InputError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -62,8 +66,8 @@ class KVEmbedder:
     At a few layers (a window in the middle of the network by default, or the paper's intrinsic-dimension
     minimum), the last token's key/value is re-routed as an extra prefix slot that every token attends to,
     inside one forward pass; a one-word prompt (PromptEOL's by default, measured) and hybrid
-    (last + mean) pooling finish the embedding. See ``method.md`` for the specification; other strategies
-    are the paper's baselines, with the same API.
+    (last + mean) pooling finish the embedding. See ``docs/method.md`` for the method as implemented and its
+    evidence; other strategies are the paper's baselines, with the same API.
 
     Args:
         model: A decoder-only LLM: hub name (e.g. ``"Qwen/Qwen3-0.6B"``), local folder, GGUF file (or a folder
@@ -72,7 +76,7 @@ class KVEmbedder:
         strategy: ``"kv"`` (the method), ``"kv-ablation"`` (same prompt and pooling, no re-routing),
             ``"last"``, ``"mean"``, ``"prompteol"`` or ``"echo"``.
         layers: ``"auto"`` (the ``selection`` rule: the middle window by default) or 0-based layer indices.
-        bias: Logit bias of the re-routed slot (method.md: 1.0).
+        bias: Logit bias of the re-routed slot (docs/method.md: 1.0).
         pooling: ``"hybrid"`` (last + mean), ``"last"`` or ``"mean"``; default the strategy's own.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available, else CPU.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default bfloat16 on CUDA, float32 on CPU.
@@ -122,36 +126,28 @@ class KVEmbedder:
         selection: LayerSelectionConfig | None = None,
         show_progress_bar: bool | None = None,
     ) -> None:
+        given = {name: value for name, value in locals().items() if name in SETTINGS}
         self.config = EmbedderConfig(
-            model=default_model() if model is None else str(model),
-            strategy=strategy,
-            layers=layers if isinstance(layers, str) else tuple(layers),
-            bias=bias,
-            pooling=pooling,
-            max_length=max_length,
-            batch_size=batch_size,
-            max_padding=max_padding,
-            query_template=query_template,
-            document_template=document_template,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            allow_unverified_architecture=allow_unverified_architecture,
-            cache_dir=cache_dir,
-            selection=selection or LayerSelectionConfig(),
+            **{
+                **given,
+                "model": default_model() if model is None else str(model),
+                "layers": layers if isinstance(layers, str) else tuple(layers),
+                "selection": selection or LayerSelectionConfig(),
+                "device": None if device is None else str(device),
+                "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+            }
         )
         self.show_progress_bar = show_progress_bar
-        self._device_arg = device
-        self._dtype_arg = dtype
         self._calibration_texts = list(calibration_texts) if calibration_texts is not None else None
         attached = _ATTACHING.loaded
         self._loaded: LoadedModel = attached if attached is not None else load_model(
             self.config.model,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            allow_unverified_architecture=allow_unverified_architecture,
-            cache_dir=cache_dir,
+            revision=self.config.revision,
+            device=self.config.device,
+            dtype=self.config.dtype,
+            trust_remote_code=self.config.trust_remote_code,
+            allow_unverified_architecture=self.config.allow_unverified_architecture,
+            cache_dir=self.config.cache_dir,
         )
         self.max_length = self._resolve_max_length(max_length)
         self.id_curve: list[float] | None = None
@@ -255,25 +251,24 @@ class KVEmbedder:
         return f"{self.config.model}:{self.config.strategy}"
 
     @property
+    def resolved_config(self) -> EmbedderConfig:
+        """:attr:`config` with every default resolved: the layers, templates, pooling, max_length and dtype used."""
+        return dataclasses.replace(
+            self.config.explicit(),
+            layers=self.layers,
+            max_length=self.max_length,
+            dtype=str(self.dtype).removeprefix("torch."),
+        )
+
+    @property
     def identity(self) -> dict[str, Any]:
-        """Everything that makes two embedders' vectors comparable, JSON-serialisable."""
-        return {
-            "model": self.config.model,
-            "weights": self._loaded.fingerprint(),
-            "strategy": self.config.strategy,
-            "layers": list(self.layers),
-            "bias": float(self.config.bias) if self.layers else None,
-            "query_template": self.config.template("query"),
-            "document_template": self.config.template("document"),
-            "pooling": self.config.pooling_mode,
-            "max_length": self.max_length,
-            "dtype": str(self.dtype).removeprefix("torch."),
-        }
+        """Everything that makes two embedders' vectors comparable, JSON-serialisable (:mod:`.identity`)."""
+        return identity_of(self.resolved_config, self._loaded.fingerprint())
 
     def __repr__(self) -> str:
         return (
             f"KVEmbedder(model={self.config.model!r}, strategy={self.config.strategy!r}, layers={list(self.layers)}, "
-            f"device='{self.device}', dtype={self.identity['dtype']}, max_length={self.max_length})"
+            f"device='{self.device}', dtype={str(self.dtype).removeprefix('torch.')}, max_length={self.max_length})"
         )
 
     def with_options(self, **changes: Any) -> KVEmbedder:
@@ -285,13 +280,9 @@ class KVEmbedder:
         Returns:
             The new embedder (layer selection comes from the disk cache when it applies).
         """
-        current = dataclasses.asdict(self.config)
-        current.pop("selection")
         kwargs: dict[str, Any] = {
-            **current,
-            "selection": self.config.selection,
-            "device": self._device_arg if self._device_arg is not None else self.device,
-            "dtype": self._dtype_arg if self._dtype_arg is not None else self.dtype,
+            "model": self.config.model,
+            **self.config.settings(),
             "calibration_texts": self._calibration_texts,
             "show_progress_bar": self.show_progress_bar,
         }
@@ -303,9 +294,12 @@ class KVEmbedder:
         if self._loaded.attached and model == self.config.model:
             # An attached model cannot be reloaded by name: the new embedder shares it.
             for fixed in ("device", "dtype"):
-                if fixed in changes and changes[fixed] != kwargs[fixed]:
-                    raise ValueError(f"{fixed} of an attached model cannot change ({changes[fixed]!r} given).")
-                kwargs.pop(fixed)
+                value = kwargs.pop(fixed)
+                if value is not None and str(value).removeprefix("torch.") != getattr(self.config, fixed):
+                    raise ConfigError(
+                        f"{fixed}={value!r}: an attached model keeps its own {fixed} "
+                        f"({getattr(self.config, fixed)!r}); move or cast the model itself."
+                    )
             return KVEmbedder._on_loaded(self._loaded, model, kwargs)
         return KVEmbedder(model, **kwargs)
 
@@ -315,7 +309,7 @@ class KVEmbedder:
         if requested is None:
             return min(DEFAULT_MAX_LENGTH, context) if context else DEFAULT_MAX_LENGTH
         if context and requested > context:
-            raise ValueError(
+            raise ConfigError(
                 f"max_length={requested} exceeds the context size of {self.config.model!r} "
                 f"({context} tokens, max_position_embeddings); use max_length <= {context}."
             )
@@ -331,7 +325,7 @@ class KVEmbedder:
             chosen = tuple(int(i) for i in self.config.layers)
             bad = [i for i in chosen if i >= num_layers]
             if bad:
-                raise ValueError(
+                raise ConfigError(
                     f"layers={list(chosen)}: {bad} out of range; {self.config.model!r} has {num_layers} layers "
                     f"(valid indices 0..{num_layers - 1})."
                 )
@@ -390,22 +384,22 @@ class KVEmbedder:
         self._forward([ids])
 
     # ---------------------------------------------------------------------------------- tokenising
-    def format(self, text: str, prompt: str = "document") -> str:
-        """``text`` wrapped in the ``prompt`` side's template."""
-        return self.config.template(prompt).format(text=text)
+    def format(self, text: str, prompt_name: str = "document") -> str:
+        """``text`` wrapped in the ``prompt_name`` side's template."""
+        return self.config.template(prompt_name).format(text=text)
 
-    def count_tokens(self, text: str, prompt: str = "document") -> int:
+    def count_tokens(self, text: str, prompt_name: str = "document") -> int:
         """Number of tokens of ``text`` with its template applied (special tokens included)."""
-        return len(self.tokenizer(self.format(text, prompt))["input_ids"])
+        return len(self.tokenizer(self.format(text, prompt_name))["input_ids"])
 
     def chunk(
-        self, text: str, prompt: str = "document", overlap: int = 0, *, max_tokens: int | None = None
+        self, text: str, prompt_name: str = "document", overlap: int = 0, *, max_tokens: int | None = None
     ) -> list[Chunk]:
         """Split ``text`` into chunks that each fit ``max_tokens`` with the template applied.
 
         Args:
             text: The document.
-            prompt: The side whose template is applied (``"query"`` or ``"document"``).
+            prompt_name: The side whose template is applied (``"query"`` or ``"document"``).
             overlap: Tokens shared by consecutive chunks.
             max_tokens: Tokens per chunk, template included; default (and at most) :attr:`max_length`.
                 Retrieval stores use smaller chunks than the engine can embed (see ``KVStore(chunk_size=)``).
@@ -417,19 +411,19 @@ class KVEmbedder:
             ValueError: ``max_tokens`` is not an int between the template's own length + 1 and
                 :attr:`max_length`.
         """
-        self.config.template(prompt)  # validates `prompt`
+        self.config.template(prompt_name)  # validates `prompt_name`
         budget = self.max_length if max_tokens is None else max_tokens
-        floor = self.count_tokens("", prompt) + 1
+        floor = self.count_tokens("", prompt_name) + 1
         if isinstance(budget, bool) or not isinstance(budget, int) or not floor <= budget <= self.max_length:
-            raise ValueError(
-                f"max_tokens={max_tokens!r}: a chunk must hold the {prompt} template ({floor - 1} tokens) and some "
-                f"text, and fit the engine's max_length; use an int in [{floor}, {self.max_length}]."
+            raise ConfigError(
+                f"max_tokens={max_tokens!r}: a chunk must hold the {prompt_name} template ({floor - 1} tokens) and "
+                f"some text, and fit the engine's max_length; use an int in [{floor}, {self.max_length}]."
             )
         return chunk_text(
             text,
             tokenizer=self.tokenizer,
             max_tokens=budget,
-            count_tokens=lambda piece: self.count_tokens(piece, prompt),
+            count_tokens=lambda piece: self.count_tokens(piece, prompt_name),
             overlap=overlap,
         )
 
@@ -444,7 +438,7 @@ class KVEmbedder:
         head, middle, _ = (part.replace("{{", "{").replace("}}", "}") for part in template.split("{text}"))
         masks: list[list[int] | None] = []
         for text, offsets in zip(texts, enc["offset_mapping"], strict=True):
-            start = len(head) + len(text) + len(middle)  # the second copy, method.md "Echo embeddings"
+            start = len(head) + len(text) + len(middle)  # the second copy (docs/method.md, "Baselines")
             end = start + len(text)
             masks.append([int(e > s and s < end and e > start) for s, e in offsets])
         return ids, masks
@@ -455,7 +449,7 @@ class KVEmbedder:
         too_long = [i for i, row in enumerate(ids) if len(row) > self.max_length]
         if too_long and overflow == "error":
             shown = ", ".join(f"#{i} ({len(ids[i])} tokens)" for i in too_long[:5])
-            raise ValueError(
+            raise InputError(
                 f"{len(too_long)} text(s) exceed max_length={self.max_length} tokens with the {prompt} template: "
                 f"{shown}. Use overflow='chunk' (one vector from all chunks) or overflow='truncate', or raise "
                 "max_length."
@@ -500,7 +494,7 @@ class KVEmbedder:
             out = self.model(input_ids=input_ids, use_cache=False, **kwargs)
         if state is not None and sorted(set(state.routed)) != list(self.layers):
             missing = sorted(set(self.layers) - set(state.routed))
-            raise RuntimeError(
+            raise UnsupportedModelError(
                 f"Re-routing did not reach layers {missing} of {self.config.model!r} "
                 f"({type(self.model).__name__}); its attention does not go through transformers' attention "
                 "registry for those layers, so KV-Embedding cannot run on it."
@@ -527,7 +521,7 @@ class KVEmbedder:
             checked.append(text)
         blank = [i for i, t in enumerate(checked) if not t.strip()]
         if blank:
-            raise ValueError(
+            raise InputError(
                 f"texts at indices {blank[:10]}{'...' if len(blank) > 10 else ''} are empty or whitespace-only; "
                 "they carry no content to embed. Filter them out before encoding."
             )
@@ -537,11 +531,12 @@ class KVEmbedder:
         self,
         texts: str | Sequence[str],
         *,
-        prompt: str | None = None,
+        prompt_name: str | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         normalize: bool = True,
         overflow: str = "chunk",
+        prompt: str | None = None,
     ) -> np.ndarray:
         """Embed texts.
 
@@ -551,8 +546,9 @@ class KVEmbedder:
 
         Args:
             texts: A string or a sequence of strings (non-empty, not whitespace-only).
-            prompt: ``"query"`` or ``"document"``: which side's template wraps the text. ``None`` uses the
-                document side (the symmetric-task prompt of method.md).
+            prompt_name: ``"query"`` or ``"document"``: which side's template wraps the text (as
+                sentence-transformers' ``prompt_name`` picks a stored prompt). ``None`` uses the document side
+                (the symmetric-task prompt, docs/method.md).
             batch_size: Rows per forward pass; default the embedder's.
             show_progress_bar: Show a progress bar over batches; default the embedder's.
             normalize: L2-normalise the vectors (cosine similarity = dot product).
@@ -560,6 +556,8 @@ class KVEmbedder:
                 (default: split with :meth:`chunk`, embed every chunk, return their token-count-weighted
                 mean of unit chunk vectors, re-normalised), ``"truncate"`` (embed only the first chunk) or
                 ``"error"`` (raise).
+            prompt: Deprecated name of ``prompt_name`` (it warns); unlike sentence-transformers' ``prompt``, it
+                never was a prompt string.
 
         Returns:
             ``float32`` array ``(n, dim)``; ``(dim,)`` for a single string; ``(0, dim)`` for an empty list.
@@ -573,15 +571,25 @@ class KVEmbedder:
         if not single and not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}.")
         items = self._check_texts([texts] if single else list(texts))
-        side = "document" if prompt is None else prompt
+        if prompt is not None:
+            if prompt_name is not None:
+                raise ConfigError(f"prompt={prompt!r} and prompt_name={prompt_name!r}: give prompt_name only.")
+            warnings.warn(
+                "encode(prompt=...) is deprecated: it names the side, so it is now prompt_name= "
+                "(as in sentence-transformers); prompt= will be removed.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            prompt_name = prompt
+        side = "document" if prompt_name is None else prompt_name
         if side not in PROMPT_NAMES:
-            raise ValueError(f"prompt={prompt!r} is not valid; choose one of None, 'query', 'document'.")
+            raise ConfigError(f"prompt_name={prompt_name!r} is not valid; choose one of None, 'query', 'document'.")
         if overflow not in OVERFLOW_MODES:
             valid = ", ".join(map(repr, OVERFLOW_MODES))
-            raise ValueError(f"overflow={overflow!r} is not valid; choose one of {valid}.")
+            raise ConfigError(f"overflow={overflow!r} is not valid; choose one of {valid}.")
         size = self.config.batch_size if batch_size is None else batch_size
         if size < 1:
-            raise ValueError(f"batch_size={size} must be >= 1.")
+            raise ConfigError(f"batch_size={size} must be >= 1.")
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
 
@@ -610,8 +618,8 @@ class KVEmbedder:
 
     def encode_query(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """Embed retrieval queries (the query-side template). Same arguments as :meth:`encode`."""
-        return self.encode(texts, prompt="query", **kwargs)
+        return self.encode(texts, prompt_name="query", **kwargs)
 
     def encode_document(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """Embed documents (the document-side template). Same arguments as :meth:`encode`."""
-        return self.encode(texts, prompt="document", **kwargs)
+        return self.encode(texts, prompt_name="document", **kwargs)

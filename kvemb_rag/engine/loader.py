@@ -38,6 +38,7 @@ from kvemb_rag.engine.models import (
     gguf_architecture,
     resolve_source,
 )
+from kvemb_rag.errors import ConfigError, ModelLoadError, UnsupportedModelError
 
 __all__ = [
     "ENCODER_MODEL_TYPES",
@@ -114,9 +115,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'.") from exc
+        raise ConfigError(f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:0'.") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available here; use device='cpu'.")
+        raise ConfigError(f"device={device!r} was requested but CUDA is not available here; use device='cpu'.")
     return resolved
 
 
@@ -126,10 +127,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype={dtype} is not supported; use one of float32, bfloat16, float16.")
+            raise ConfigError(f"dtype={dtype} is not supported; use one of float32, bfloat16, float16.")
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; use one of: {', '.join(sorted(_DTYPES))}.")
+        raise ConfigError(f"dtype={dtype!r} is not supported; use one of: {', '.join(sorted(_DTYPES))}.")
     return _DTYPES[dtype]
 
 
@@ -148,14 +149,14 @@ def _load_config(source: ModelSource, revision: str | None, trust_remote_code: b
             source.location, revision=revision, trust_remote_code=trust_remote_code, gguf_file=source.gguf_file
         )
     except OSError as exc:
-        raise OSError(_offline_hint(source.name)) from exc
+        raise ModelLoadError(_offline_hint(source.name)) from exc
 
 
 def _check_gguf_architecture(source: ModelSource) -> None:
     architecture = gguf_architecture(source.path)
     supported = attention.gguf_architectures()
     if supported and architecture not in supported:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"{str(source.path)!r} is a GGUF file of architecture {architecture!r}, which transformers "
             f"{transformers.__version__} cannot load from GGUF. Supported GGUF architectures: "
             f"{', '.join(sorted(supported))}. Use the model's transformers checkpoint (a hub name or folder) instead."
@@ -272,19 +273,19 @@ def _open(
         )
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise OSError(_offline_hint(source.name)) from exc
+        raise ModelLoadError(_offline_hint(source.name)) from exc
     return model, tokenizer, weights_id
 
 
 def _check_architecture(config: PretrainedConfig, name: str, allow_unverified: bool) -> None:
     model_type = getattr(config, "model_type", "?")
     if getattr(config, "is_encoder_decoder", False) or model_type in ENCODER_MODEL_TYPES:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"{name!r} is a {model_type!r} model, which is not a decoder-only LLM; KV-Embedding needs a causal "
             f"decoder such as {', '.join(sorted(VERIFIED_MODEL_TYPES))}. Use sentence-transformers for encoders."
         )
     if model_type not in VERIFIED_MODEL_TYPES and not allow_unverified:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"Model type {model_type!r} of {name!r} is not verified by kvemb-rag's test-suite (verified: "
             f"{', '.join(sorted(VERIFIED_MODEL_TYPES))}). Pass allow_unverified_architecture=True to try it; the "
             "engine still refuses to run if re-routing does not reach every selected layer."
@@ -356,7 +357,7 @@ def load_model(
         except KeyError as exc:
             if attention.ATTENTION_NAME not in str(exc):
                 raise
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"{name!r} picks attention classes from its own table instead of transformers' attention "
                 "registry, so KV-Embedding cannot re-route it. Verified types: "
                 f"{', '.join(sorted(VERIFIED_MODEL_TYPES))}."
@@ -469,7 +470,7 @@ def _parameters_digest(model: torch.nn.Module) -> str:
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
     if not tokenizer.is_fast:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"The tokenizer of {name!r} is a slow (Python) tokenizer; kvemb-rag needs a fast tokenizer for "
             "character offsets (chunk spans, echo pooling). Install `tokenizers` and a checkpoint with "
             "tokenizer.json."

@@ -35,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from kvemb_rag.errors import KVEmbError
+from kvemb_rag.errors import KVEmbError, ModelNotFoundError
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -271,12 +271,12 @@ def bundled_model_path(name: str, cache_dir: str | os.PathLike[str] | None = Non
         try:
             distribution = metadata.distribution(dist)
         except metadata.PackageNotFoundError:
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"The bundled model {name!r} ({bundled.title}) is not installed: {bundled.install}"
             ) from None
         piece = Path(str(distribution.locate_file(inner)))
         if not piece.is_file():
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"The bundled model {name!r} lacks {inner} in the {dist} package at {piece}; reinstall it: "
                 f"{bundled.install}"
             )
@@ -375,7 +375,7 @@ def resolve_source(name: str, cache_dir: str | os.PathLike[str] | None = None) -
         return _gguf_source(name, bundled_model_path(name, cache_dir))
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or name.lower().endswith(".gguf")
     if looks_local:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"Model path {name!r} does not exist. Give an existing folder or .gguf file, a hub name such as "
             f"'Qwen/Qwen3-0.6B', or a bundled model ({', '.join(BUNDLED_MODELS)})."
         )

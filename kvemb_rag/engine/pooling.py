@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvemb_rag.engine.config import Pooling
+from kvemb_rag.errors import ConfigError
 
 __all__ = ["pool"]
 
@@ -15,7 +16,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, last_index: torch.Tensor, poo
     Args:
         hidden: ``(B, T, H)`` final hidden states (after the model's final norm).
         mask: ``(B, T)`` weights of the positions that the mean runs over: every real token for
-            ``"mean"``/``"hybrid"`` (prompt and BOS included, method.md step 3), the second copy of the
+            ``"mean"``/``"hybrid"`` (prompt and BOS included, docs/method.md "Pooling"), the second copy of the
             text for ``"echo"``.
         last_index: ``(B,)`` position of each row's last real token.
         pooling: ``"last"``, ``"mean"``, ``"hybrid"`` (``(last + mean) / 2``) or ``"echo"`` (a mean).
@@ -35,4 +36,4 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, last_index: torch.Tensor, poo
         return mean
     if pooling == "hybrid":
         return (last + mean) / 2  # (B, H)
-    raise ValueError(f"pooling={pooling!r} is not valid; choose one of 'last', 'mean', 'hybrid', 'echo'.")
+    raise ConfigError(f"pooling={pooling!r} is not valid; choose one of 'last', 'mean', 'hybrid', 'echo'.")

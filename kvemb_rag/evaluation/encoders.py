@@ -40,8 +40,8 @@ _OVERFLOW_MODES = ("chunk", "truncate", "error")
 class Encoder(Protocol):
     """Anything the harness can evaluate: query and document sides, unit-norm ``float32`` rows.
 
-    Symmetric tasks (STS, classification, clustering) use the document side, as method.md prescribes
-    for the compression prompt.
+    Symmetric tasks (STS, classification, clustering) use the document side, as docs/method.md ("The prompt")
+    decides.
     """
 
     @property
@@ -201,17 +201,17 @@ class SentenceTransformerEncoder:
 
     def encode_query(self, texts: list[str], **kwargs: Any) -> np.ndarray:
         """Embed queries with the model's ``"query"`` prompt, if any. See :meth:`encode`."""
-        return self.encode(texts, prompt="query", **kwargs)
+        return self.encode(texts, prompt_name="query", **kwargs)
 
     def encode_document(self, texts: list[str], **kwargs: Any) -> np.ndarray:
         """Embed documents with the model's ``"document"`` prompt, if any. See :meth:`encode`."""
-        return self.encode(texts, prompt="document", **kwargs)
+        return self.encode(texts, prompt_name="document", **kwargs)
 
     def encode(
         self,
         texts: Sequence[str],
         *,
-        prompt: str | None = None,
+        prompt_name: str | None = None,
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         overflow: str = "truncate",
@@ -220,7 +220,7 @@ class SentenceTransformerEncoder:
 
         Args:
             texts: The texts.
-            prompt: ``"query"``, ``"document"`` or ``None`` (plain ``encode``).
+            prompt_name: ``"query"``, ``"document"`` or ``None`` (plain ``encode``).
             batch_size: Texts per forward pass; default the encoder's.
             show_progress_bar: Show sentence-transformers' progress bar.
             overflow: ``"truncate"`` (sentence-transformers' behaviour), ``"chunk"`` (token windows, averaged
@@ -232,8 +232,8 @@ class SentenceTransformerEncoder:
         Raises:
             ValueError: Unknown ``prompt`` or ``overflow``; over-long texts with ``overflow="error"``.
         """
-        if prompt not in (None, "query", "document"):
-            raise ValueError(f"prompt={prompt!r} is not valid; choose one of None, 'query', 'document'.")
+        if prompt_name not in (None, "query", "document"):
+            raise ValueError(f"prompt_name={prompt_name!r} is not valid; choose one of None, 'query', 'document'.")
         if overflow not in _OVERFLOW_MODES:
             raise ValueError(
                 f"overflow={overflow!r} is not valid; choose one of {', '.join(map(repr, _OVERFLOW_MODES))}."
@@ -242,14 +242,14 @@ class SentenceTransformerEncoder:
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         if overflow == "truncate":
-            return self._encode(items, prompt, batch_size, show_progress_bar)
+            return self._encode(items, prompt_name, batch_size, show_progress_bar)
         pieces, owners, weights, split = self._windows(items)
         if overflow == "error" and split:
             raise ValueError(
                 f"texts at indices {split} exceed max_length={self.max_length} tokens; use "
                 "overflow='chunk' or 'truncate'."
             )
-        vectors = self._encode(pieces, prompt, batch_size, show_progress_bar)  # (P, D)
+        vectors = self._encode(pieces, prompt_name, batch_size, show_progress_bar)  # (P, D)
         out = np.zeros((len(items), vectors.shape[1]), dtype=np.float64)  # (N, D)
         np.add.at(out, np.asarray(owners), vectors * np.asarray(weights, dtype=np.float64)[:, None])
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -5,7 +5,7 @@ task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> Array``, ``si
 ``similarity_pairwise`` and a ``mteb_model_meta`` property. Each batch of the DataLoader is a dict whose
 ``"text"`` list holds the texts (for corpora mteb has already joined ``title + " " + text``).
 ``prompt_type`` ``query`` maps to :meth:`encode_query`, ``document`` to :meth:`encode_document`, and ``None``
-(symmetric tasks: STS, classification, clustering...) to the document side, as method.md prescribes.
+(symmetric tasks: STS, classification, clustering...) to the document side, as docs/method.md ("The prompt") decides.
 
 Needs ``pip install "kvemb-rag[eval]"`` (mteb) and hub access for the task datasets.
 

@@ -1,7 +1,7 @@
 """One function per task type: embed a dataset with an :class:`~.encoders.Encoder`, then score it.
 
-Symmetric tasks (STS, classification, clustering) embed with the document side (method.md: the
-``Context`` template serves documents and symmetric tasks); retrieval embeds queries with the query side.
+Symmetric tasks (STS, classification, clustering) embed with the document side (docs/method.md, "The prompt");
+retrieval embeds queries with the query side.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def create_app(
     dim = embedder.dim
 
     def encode(texts: list[str], side: str) -> np.ndarray:
-        return embedder.encode(texts, prompt=side, show_progress_bar=False)  # (n, dim) float32, unit rows
+        return embedder.encode(texts, prompt_name=side, show_progress_bar=False)  # (n, dim) float32, unit rows
 
     batcher = MicroBatcher(encode, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms)
     tokens = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvemb-tokens")

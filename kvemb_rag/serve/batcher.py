@@ -51,7 +51,7 @@ class MicroBatcher:
         max_wait_ms: Longest wait for more texts after the first one arrives.
 
     Example:
-        >>> encode = lambda texts, side: emb.encode(texts, prompt=side)  # doctest: +SKIP
+        >>> encode = lambda texts, side: emb.encode(texts, prompt_name=side)  # doctest: +SKIP
         >>> batcher = MicroBatcher(encode, max_batch=64, max_wait_ms=5)  # doctest: +SKIP
         >>> await batcher.start()  # doctest: +SKIP
         >>> vectors = await batcher.embed(["a text"], "document")  # (1, dim)  # doctest: +SKIP

@@ -47,6 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from kvemb_rag.engine.identity import canonical_json
 from kvemb_rag.sources import Document
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
@@ -65,7 +66,6 @@ from kvemb_rag.store.errors import (
     EmbedderMismatchError,
     IncompatibleCollectionError,
     KVStoreError,
-    _canonical,
     embedder_from_identity,
     identity_differences,
 )
@@ -429,7 +429,7 @@ class KVStore:
     def _check_embedder(self, col: Collection) -> None:
         embedder = self._require_embedder()
         current = embedder.identity
-        fingerprint = _canonical(current)
+        fingerprint = canonical_json(current)
         if self._checked_identity == fingerprint:
             return
         stored = self._stored_identity(col)

@@ -14,6 +14,7 @@ from llama_index.embeddings.kvemb import KVEmbedding
 from pydantic import ValidationError
 
 from kvemb_rag.engine import loader
+from kvemb_rag.engine.config import SETTINGS, setting_defaults
 
 # integrations/llama-index/tests/<this file> -> parents[3] is the repository root.
 REPO = Path(__file__).resolve().parents[3]
@@ -42,11 +43,15 @@ def test_class_name_and_base() -> None:
     assert issubclass(KVEmbedding, BaseEmbedding)
 
 
-def test_fields_have_descriptions() -> None:
-    ours = ["model_name", "embed_batch_size", "strategy", "layers", "device", "dtype", "max_length",
-            "query_template", "document_template", "cache_dir"]
+def test_every_engine_setting_is_a_described_field() -> None:
+    spelled = {"model": "model_name", "batch_size": "embed_batch_size"}  # LlamaIndex's names
+    ours = [spelled.get(name, name) for name in SETTINGS]
     for name in ours:
         assert KVEmbedding.model_fields[name].description, name
+    assert KVEmbedding(model_name=TINY_MODEL, embed_batch_size=4, bias=2.0).engine_request() == (
+        TINY_MODEL,
+        {**setting_defaults(), "batch_size": 4, "bias": 2.0},
+    )
 
 
 def test_construction_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +92,7 @@ def test_invalid_settings_are_refused(kwargs: dict[str, Any], message: str) -> N
 
 
 def test_query_and_text_sides(embed_model: KVEmbedding) -> None:
-    engine = embed_model._engine
+    engine = embed_model.engine
     query = embed_model.get_query_embedding(TEXTS[0])
     text = embed_model.get_text_embedding(TEXTS[0])
     assert all(type(x) is float for x in query + text)
@@ -106,7 +111,7 @@ def test_batches_match_single_texts(embed_model: KVEmbedding) -> None:
 
 
 def test_async_variants_run_in_a_worker_thread(embed_model: KVEmbedding, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = embed_model._engine
+    engine = embed_model.engine
     threads: list[int] = []
     for name in ("encode_document", "encode_query"):
         real = getattr(engine, name)
@@ -134,7 +139,7 @@ def test_async_variants_run_in_a_worker_thread(embed_model: KVEmbedding, monkeyp
 
 async def test_async_api_under_pytest_asyncio(embed_model: KVEmbedding) -> None:
     vector = await embed_model.aget_query_embedding("where is the ball?")
-    assert len(vector) == embed_model._engine.dim
+    assert len(vector) == embed_model.engine.dim
 
 
 def test_serialisation_round_trip(embed_model: KVEmbedding) -> None:

@@ -41,13 +41,13 @@ def test_vectors_are_python_floats_and_unit_length(embeddings: KVEmbeddings) -> 
     vectors = embeddings.embed_documents(["The cat sat on the mat.", "A dog ran in the park."])
     assert len(vectors) == 2
     assert all(type(x) is float for row in vectors for x in row)
-    assert len(vectors[0]) == embeddings._engine.dim
+    assert len(vectors[0]) == embeddings.engine.dim
     np.testing.assert_allclose(np.linalg.norm(np.array(vectors), axis=1), 1.0, atol=1e-5)
 
 
 def test_query_and_document_sides_use_the_engine_templates(embeddings: KVEmbeddings) -> None:
     text = "Where did the little bird fly?"
-    engine = embeddings._engine
+    engine = embeddings.engine
     query = embeddings.embed_query(text)
     document = embeddings.embed_documents([text])[0]
     np.testing.assert_allclose(query, engine.encode_query(text), atol=1e-6)
@@ -57,11 +57,11 @@ def test_query_and_document_sides_use_the_engine_templates(embeddings: KVEmbeddi
 
 def test_long_text_gives_one_vector(embeddings: KVEmbeddings) -> None:
     long_text = " ".join(f"Lily found {i} red shells on the beach and gave them to her mom." for i in range(200))
-    assert embeddings._engine.count_tokens(long_text) > 512
+    assert embeddings.engine.count_tokens(long_text) > 512
     vectors = embeddings.embed_documents([long_text, "short"])
     assert len(vectors) == 2
     assert len(vectors[0]) == len(vectors[1])
-    np.testing.assert_allclose(vectors[0], embeddings._engine.encode_document(long_text), atol=1e-6)
+    np.testing.assert_allclose(vectors[0], embeddings.engine.encode_document(long_text), atol=1e-6)
 
 
 def test_errors_name_the_bad_input(embeddings: KVEmbeddings) -> None:
@@ -72,7 +72,7 @@ def test_errors_name_the_bad_input(embeddings: KVEmbeddings) -> None:
 
 
 def test_async_runs_off_the_event_loop(embeddings: KVEmbeddings, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = embeddings._engine
+    engine = embeddings.engine
     threads: list[int] = []
     for name in ("encode_document", "encode_query"):
         real = getattr(engine, name)
@@ -98,9 +98,9 @@ def test_async_runs_off_the_event_loop(embeddings: KVEmbeddings, monkeypatch: py
 
 
 def test_settings_change_switches_engine(embeddings: KVEmbeddings) -> None:
-    first = embeddings._engine
+    first = embeddings.engine
     embeddings.strategy = "kv-ablation"
-    second = embeddings._engine
+    second = embeddings.engine
     assert second is not first
     assert second.strategy == "kv-ablation"
     assert second.model is first.model  # same weights, device and dtype: one loaded model

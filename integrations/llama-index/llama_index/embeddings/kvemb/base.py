@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, model_validator
 from llama_index.core.node_parser import SentenceSplitter
-from pydantic import NonNegativeInt
-from typing_extensions import Self
 
-from kvemb_rag import KVEmbedder
-from kvemb_rag.engine.config import validate_settings
-from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
-from kvemb_rag.engine.shared import shared_embedder
+from kvemb_rag.adapters import EngineSettings, settings_model
+from kvemb_rag.engine.models import DEFAULT_MODEL
 
 __all__ = ["DEFAULT_MODEL", "KVEmbedding"]
 
@@ -44,7 +39,20 @@ class _TokenIds:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
 
-class KVEmbedding(BaseEmbedding):
+if TYPE_CHECKING:
+
+    class _Settings(BaseEmbedding, EngineSettings):  # what type checkers see of the derived fields
+        pass
+
+else:
+    # One field per engine setting, derived from kvemb_rag.engine.config.EmbedderConfig, in LlamaIndex's
+    # spelling for the two settings BaseEmbedding already has.
+    _Settings = settings_model(
+        BaseEmbedding, "_KVEmbeddingSettings", {"model": "model_name", "batch_size": "embed_batch_size"}
+    )
+
+
+class KVEmbedding(_Settings):
     """Training-free embeddings from a local decoder-only LLM (KV-Embedding), for LlamaIndex.
 
     Queries (``get_query_embedding``) use the engine's query-side template; nodes and documents
@@ -53,6 +61,9 @@ class KVEmbedding(BaseEmbedding):
     whose nodes fit without that. The model loads on first use, once per process for all adapters with
     the same engine settings.
 
+    Every :class:`~kvemb_rag.KVEmbedder` setting is a field with the engine's defaults and validation;
+    ``model`` and ``batch_size`` are spelled ``model_name`` and ``embed_batch_size``, as in LlamaIndex.
+
     Example:
         >>> from llama_index.embeddings.kvemb import KVEmbedding
         >>> embed_model = KVEmbedding()  # the bundled default model; nothing is loaded yet
@@ -60,74 +71,15 @@ class KVEmbedding(BaseEmbedding):
         >>> vector = embed_model.get_query_embedding("Which animal purrs?")  # doctest: +SKIP
     """
 
-    model_name: str = Field(
-        default_factory=default_model,
-        description="Hub name, local folder, .gguf file or bundled model name of a decoder-only LLM; default "
-        "$KVEMB_MODEL, else "
-        f"{DEFAULT_MODEL!r}.",
-    )
-    embed_batch_size: int = Field(default=16, gt=0, le=2048, description="Texts per forward pass.")
-    strategy: Literal["kv", "kv-ablation", "last", "mean", "prompteol", "echo"] = Field(
-        default="kv", description='Embedding strategy; "kv" is KV-Embedding, the others are its baselines.'
-    )
-    layers: Literal["auto"] | list[NonNegativeInt] = Field(
-        default="auto", description='"auto" (intrinsic-dimension selection) or 0-based layers to re-route.'
-    )
-    device: str | None = Field(
-        default=None, description='"cpu", "cuda", "cuda:1"...; default CUDA when available, else CPU.'
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        default=None, description="Compute dtype; default bfloat16 on CUDA, float32 on CPU."
-    )
-    max_length: int | None = Field(
-        default=None,
-        ge=8,
-        description="Tokens per forward pass, template included; default 4096 or the model's context size.",
-    )
-    query_template: str | None = Field(
-        default=None, description="Query-side template containing {text}; default the strategy's."
-    )
-    document_template: str | None = Field(
-        default=None, description="Document-side template containing {text}; default the strategy's."
-    )
-    cache_dir: str | None = Field(
-        default=None, description="Layer-selection cache; default $KVEMB_CACHE_DIR or ~/.cache/kvemb-rag."
-    )
-
-    # (settings key, engine): the engine is built lazily and rebuilt if a setting is reassigned.
-
-    @model_validator(mode="after")
-    def _check_engine_settings(self) -> Self:
-        # The engine's own validation, without loading anything: bad templates or an empty model fail here.
-        validate_settings(self.model_name, batch_size=self.embed_batch_size, **self._engine_settings())
-        return self
-
     @classmethod
     def class_name(cls) -> str:
         """Name used by LlamaIndex serialisation."""
         return "KVEmbedding"
 
     # ------------------------------------------------------------------------------------ engine
-    def _engine_settings(self) -> dict[str, Any]:
-        return {
-            "strategy": self.strategy,
-            "layers": self.layers,
-            "device": self.device,
-            "dtype": self.dtype,
-            "max_length": self.max_length,
-            "query_template": self.query_template,
-            "document_template": self.document_template,
-            "cache_dir": self.cache_dir,
-        }
-
-    @property
-    def _engine(self) -> KVEmbedder:
-        """The engine for the current settings, loaded on first use and shared across the process."""
-        return shared_embedder(self.model_name, **self._engine_settings())
-
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` with the document template applied, as the engine will see it."""
-        return self._engine.count_tokens(text, "document")
+        return self.engine.count_tokens(text, "document")
 
     def node_parser(
         self, chunk_overlap: int = 0, chunk_size: int | None = None, **kwargs: Any
@@ -154,33 +106,33 @@ class KVEmbedding(BaseEmbedding):
         if not 0 < size <= limit:
             raise ValueError(
                 f"chunk_size={chunk_size} does not fit: with the document template, nodes of "
-                f"{self.model_name!r} hold at most {limit} tokens (max_length={self._engine.max_length}). "
+                f"{self.model_name!r} hold at most {limit} tokens (max_length={self.engine.max_length}). "
                 f"Use chunk_size <= {limit} or raise max_length."
             )
         if not 0 <= chunk_overlap < size:
             raise ValueError(f"chunk_overlap={chunk_overlap} must be >= 0 and below chunk_size={size}.")
-        tokenizer = _TokenIds(self._engine.tokenizer)
+        tokenizer = _TokenIds(self.engine.tokenizer)
         return SentenceSplitter(chunk_size=size, chunk_overlap=chunk_overlap, tokenizer=tokenizer, **kwargs)
 
     def max_node_tokens(self) -> int:
         """Largest node size (tokens, no template) that :meth:`node_parser` allows."""
-        engine = self._engine
+        engine = self.engine
         budget = engine.max_length - engine.count_tokens("", "document")
         return budget - max(_MIN_MARGIN, int(budget * _MARGIN_FRACTION))
 
     # ---------------------------------------------------------------------------------- embedding
     def _get_query_embedding(self, query: str) -> Embedding:
-        vector: list[float] = self._engine.encode_query(query, show_progress_bar=False).tolist()
+        vector: list[float] = self.engine.encode_query(query, show_progress_bar=False).tolist()
         return vector
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        vector: list[float] = self._engine.encode_document(text, show_progress_bar=False).tolist()
+        vector: list[float] = self.engine.encode_document(text, show_progress_bar=False).tolist()
         return vector
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         if not texts:
             return []
-        vectors = self._engine.encode_document(
+        vectors = self.engine.encode_document(
             list(texts), batch_size=self.embed_batch_size, show_progress_bar=False
         )
         result: list[Embedding] = vectors.tolist()
