@@ -82,25 +82,11 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
         return shared_embedder(self.config.model, **self.config.settings())
 
     def __call__(self, input: Documents) -> Embeddings:
-        """Embed documents (document-side template).
-
-        Args:
-            input: The documents (non-empty strings).
-
-        Returns:
-            One unit-length ``float32`` vector per document.
-        """
+        """One unit-length ``float32`` vector per document (non-empty strings), with the document template."""
         return list(self.engine.encode_document(list(input), show_progress_bar=False))
 
     def embed_query(self, input: Documents) -> Embeddings:
-        """Embed search queries (query-side template).
-
-        Args:
-            input: The queries (non-empty strings).
-
-        Returns:
-            One unit-length ``float32`` vector per query.
-        """
+        """One unit-length ``float32`` vector per search query (non-empty strings), with the query template."""
         return list(self.engine.encode_query(list(input), show_progress_bar=False))
 
     # ----------------------------------------------------------------------------- chroma protocol

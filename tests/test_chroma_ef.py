@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import numpy as np
 import pytest
 from chromadb.utils.embedding_functions import config_to_embedding_function, known_embedding_functions
 
+from kvemb_rag import LayerSelectionConfig
 from kvemb_rag.embedding_function import KVEmbeddingFunction
+from kvemb_rag.engine.config import PROMPTEOL_TEMPLATE
+from kvemb_rag.errors import ConfigError
 from tests.conftest import SIDED_TEMPLATES
 
 DOCS = [
@@ -57,6 +61,22 @@ def test_config_is_json_and_rebuilds_without_loading(ef: KVEmbeddingFunction, ti
     lazy = KVEmbeddingFunction.build_from_config({**config, "model": "/nonexistent/kvemb-model"})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         lazy(["hello"])
+
+
+def test_config_spells_out_the_defaults_a_release_could_change(tiny_model_path: Path) -> None:
+    """Templates, pooling and the layer rule are stored explicitly, so a later default cannot re-embed differently."""
+    config = KVEmbeddingFunction(str(tiny_model_path)).get_config()
+    assert config["query_template"] == config["document_template"] == PROMPTEOL_TEMPLATE
+    assert config["pooling"] == "hybrid" and config["layers"] == "auto"
+    assert config["selection"] == dataclasses.asdict(LayerSelectionConfig())
+    # A configuration stored before these keys existed still opens, and counts as the same vectors.
+    old = {k: v for k, v in config.items() if k not in ("pooling", "selection", "max_padding")}
+    old.update(query_template=None, document_template=None)
+    rebuilt = KVEmbeddingFunction.build_from_config(old)
+    assert rebuilt.get_config() == config
+    rebuilt.validate_config_update(old, config)
+    with pytest.raises(ConfigError, match=r"selection: .* -> "):
+        rebuilt.validate_config_update(config, {**config, "selection": {"rule": "intrinsic-dimension"}})
 
 
 def test_model_defaults_to_env(monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path) -> None:

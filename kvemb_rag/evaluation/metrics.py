@@ -35,7 +35,9 @@ __all__ = [
     "retrieval_scores",
 ]
 
+#: Query id -> {document id: relevance grade}; the retrieval metrics below take it with a run and a cut-off k.
 Qrels = Mapping[str, Mapping[str, int]]
+#: Query id -> {document id: score}.
 Run = Mapping[str, Mapping[str, float]]
 
 
@@ -72,11 +74,6 @@ def _judged(qrels: Qrels, run: Run) -> list[str]:
 def ndcg_at_k(qrels: Qrels, run: Run, k: int = 10) -> dict[str, float]:
     """Per-query nDCG@k as trec_eval's ``ndcg_cut.k``: gain = grade, discount ``log2(rank + 1)``.
 
-    Args:
-        qrels: Query id -> {document id: grade}.
-        run: Query id -> {document id: score}.
-        k: Cut-off.
-
     Returns:
         Query id -> nDCG@k for every judged query present in the run.
     """
@@ -94,11 +91,6 @@ def ndcg_at_k(qrels: Qrels, run: Run, k: int = 10) -> dict[str, float]:
 def recall_at_k(qrels: Qrels, run: Run, k: int = 100) -> dict[str, float]:
     """Per-query Recall@k as trec_eval's ``recall.k`` (relevant = grade >= 1).
 
-    Args:
-        qrels: Query id -> {document id: grade}.
-        run: Query id -> {document id: score}.
-        k: Cut-off.
-
     Returns:
         Query id -> recall for every judged query present in the run (0 when it has no relevant document).
     """
@@ -112,11 +104,6 @@ def recall_at_k(qrels: Qrels, run: Run, k: int = 100) -> dict[str, float]:
 
 def mrr_at_k(qrels: Qrels, run: Run, k: int = 10) -> dict[str, float]:
     """Per-query reciprocal rank of the first relevant (grade > 0) document in the top k (BEIR / MTEB).
-
-    Args:
-        qrels: Query id -> {document id: grade}.
-        run: Query id -> {document id: score}.
-        k: Cut-off.
 
     Returns:
         Query id -> reciprocal rank (0 when none of the top k is relevant).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,17 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from kvemb_rag.engine.config import STRATEGIES
-from kvemb_rag.evaluation.data import (
-    ClassificationData,
-    LabelledTexts,
-    RetrievalData,
-    STSData,
-    load_beir,
-    load_classification,
-    load_clustering,
-    load_qmsum,
-    load_sts,
-)
+from kvemb_rag.evaluation import data as eval_data
 from kvemb_rag.evaluation.encoders import (
     SENTENCE_TRANSFORMERS_STRATEGY,
     Encoder,
@@ -220,11 +210,11 @@ def plot_long_documents(records: Sequence[Record], path: str | Path, *, dataset:
 
 @dataclass(frozen=True)
 class _Datasets:
-    sts: tuple[STSData, ...]
-    retrieval: tuple[RetrievalData, ...]
-    classification: tuple[ClassificationData, ...]
-    clustering: tuple[LabelledTexts, ...]
-    long_docs: tuple[RetrievalData, ...]
+    sts: tuple[eval_data.STSData, ...]
+    retrieval: tuple[eval_data.RetrievalData, ...]
+    classification: tuple[eval_data.ClassificationData, ...]
+    clustering: tuple[eval_data.LabelledTexts, ...]
+    long_docs: tuple[eval_data.RetrievalData, ...]
 
     def count(self) -> int:
         return sum(
@@ -323,11 +313,11 @@ def run_evaluation(
         raise ValueError("no models given.")
     engine = dict(engine_kwargs or {})
     data = _Datasets(
-        tuple(load_sts(p) for p in sts),
-        tuple(load_beir(p, split) for p in retrieval),
-        tuple(load_classification(p) for p in classification),
-        tuple(load_clustering(p) for p in clustering),
-        tuple(load_qmsum(p, long_docs_split) for p in long_docs),
+        tuple(eval_data.load_sts(p) for p in sts),
+        tuple(eval_data.load_beir(p, split) for p in retrieval),
+        tuple(eval_data.load_classification(p) for p in classification),
+        tuple(eval_data.load_clustering(p) for p in clustering),
+        tuple(eval_data.load_qmsum(p, long_docs_split) for p in long_docs),
     )
     if data.count() == 0:
         raise ValueError("no datasets given; pass sts=, retrieval=, classification=, clustering= or long_docs=.")
@@ -397,31 +387,17 @@ def _evaluate_one(
     def start(task: str, dataset: str) -> None:
         bar.set_description(f"{Path(model).name or model} [{strategy}] {task}: {dataset}")
 
-    for sts in data.sts:
-        start("sts", sts.name)
-        emit("sts", sts.name, evaluate_sts(encoder, sts, **encode_kwargs))
-    for beir in data.retrieval:
-        start("retrieval", beir.name)
-        emit(
-            "retrieval",
-            beir.name,
-            evaluate_retrieval(encoder, beir, ignore_identical_ids=ignore_identical_ids, **encode_kwargs),
-        )
-    for classes in data.classification:
-        start("classification", classes.name)
-        emit(
-            "classification",
-            classes.name,
-            evaluate_classification(encoder, classes, protocol, **encode_kwargs),
-        )
-    for clusters in data.clustering:
-        start("clustering", clusters.name)
-        emit(
-            "clustering",
-            clusters.name,
-            evaluate_clustering(encoder, clusters, seed=clustering_seed, **encode_kwargs),
-        )
-    for long in data.long_docs:
-        start("long-docs", long.name)
-        emit("long-docs", long.name, evaluate_long_documents(encoder, long, max_lengths, **encode_kwargs))
+    kw, skip_self = encode_kwargs, ignore_identical_ids
+    # (task, its datasets, how one dataset is scored)
+    evaluations: list[tuple[str, Sequence[Any], Callable[[Any], Mapping[str, float]]]] = [
+        ("sts", data.sts, lambda d: evaluate_sts(encoder, d, **kw)),
+        ("retrieval", data.retrieval, lambda d: evaluate_retrieval(encoder, d, ignore_identical_ids=skip_self, **kw)),
+        ("classification", data.classification, lambda d: evaluate_classification(encoder, d, protocol, **kw)),
+        ("clustering", data.clustering, lambda d: evaluate_clustering(encoder, d, seed=clustering_seed, **kw)),
+        ("long-docs", data.long_docs, lambda d: evaluate_long_documents(encoder, d, max_lengths, **kw)),
+    ]
+    for task, task_datasets, evaluate in evaluations:
+        for dataset in task_datasets:
+            start(task, dataset.name)
+            emit(task, dataset.name, evaluate(dataset))
     return out

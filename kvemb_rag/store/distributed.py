@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kvemb_rag.engine.identity import IDENTITY_SETTINGS
 from kvemb_rag.sources import Document
 from kvemb_rag.store.errors import EmbedderMismatchError, embedder_from_identity, identity_differences
 from kvemb_rag.store.indexing import BulkEmbed, index_documents
@@ -114,17 +115,10 @@ class EmbedActor:
 
 
 def _actor_settings(embedder: KVEmbedder, config: RayIndexConfig) -> dict[str, Any]:
+    """The driver engine's settings the identity does not carry (batching, cache, loading), for the actors."""
+    settings = {name: value for name, value in embedder.config.settings().items() if name not in IDENTITY_SETTINGS}
     device = config.device or ("cuda" if config.num_gpus > 0 else str(embedder.device))
-    return {
-        "batch_size": embedder.config.batch_size,
-        "max_padding": embedder.config.max_padding,
-        "cache_dir": embedder.config.cache_dir,
-        "revision": embedder.config.revision,
-        "trust_remote_code": embedder.config.trust_remote_code,
-        "allow_unverified_architecture": embedder.config.allow_unverified_architecture,
-        "device": device,
-        "show_progress_bar": False,
-    }
+    return {**settings, "device": device, "show_progress_bar": False}
 
 
 def _ray_bulk_embed(store: KVStore, config: RayIndexConfig) -> BulkEmbed:
