@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         model_name=args.model, max_length=args.max_length, embed_batch_size=args.batch_size, device=args.device
     )
     start = time.perf_counter()
-    engine = embed_model._engine  # model load + layer selection (cached on disk after the first run)
+    engine = embed_model.engine  # model load + layer selection (cached on disk after the first run)
     setup_s = time.perf_counter() - start
 
     start = time.perf_counter()

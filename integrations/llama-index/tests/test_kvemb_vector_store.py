@@ -66,7 +66,7 @@ def test_vector_store_index_round_trip(tmp_path: Path) -> None:
     # What Chroma holds is the engine's document-side vector of each node's embed text.
     stored = collection.get(ids=[nodes[0].node_id], include=["embeddings"])["embeddings"]
     assert stored is not None
-    expected = embed_model._engine.encode_document(nodes[0].get_content(metadata_mode=MetadataMode.EMBED))
+    expected = embed_model.engine.encode_document(nodes[0].get_content(metadata_mode=MetadataMode.EMBED))
     np.testing.assert_allclose(stored[0], expected, atol=1e-5)
 
     question = "Who made the birthday cake?"
