@@ -8,6 +8,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_type_hints
 
 from kvemb_rag.engine.batching import check_max_padding
+from kvemb_rag.engine.models import BUNDLED_MODELS
 from kvemb_rag.errors import ConfigError
 
 Strategy = Literal["kv", "kv-ablation", "last", "mean", "prompteol", "echo"]
@@ -234,7 +235,7 @@ class EmbedderConfig:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError(
                 f"model={self.model!r}: give a hub name such as 'Qwen/Qwen3-0.6B', a local folder or .gguf file, or a "
-                "bundled model such as 'smollm2-135m-instruct'."
+                f"bundled model ({', '.join(BUNDLED_MODELS)})."
             )
         _check_choice("strategy", self.strategy, STRATEGIES)
         if isinstance(self.layers, str):
