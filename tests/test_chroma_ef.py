@@ -180,3 +180,40 @@ def test_collection_reopens_in_a_new_process(
     assert there["ids"] == here_ids
     np.testing.assert_allclose(there["distances"], here_distances, atol=1e-5)
     assert there["count"] == len(DOCS) + 1
+
+
+# One changed value per setting that changes the vectors (kvemb_rag.engine.config.VECTOR_SETTINGS).
+_VECTOR_CHANGES: dict[str, Any] = {
+    "model": "Qwen/Qwen3-0.6B",
+    "strategy": "kv-ablation",
+    "layers": [0],
+    "bias": 2.0,
+    "pooling": "last",
+    "dtype": "bfloat16",
+    "max_length": 256,
+    "query_template": "Q: {text}\nOne word:",
+    "document_template": "D: {text}\nOne word:",
+    "revision": "v2",
+    "selection": {"rule": "intrinsic-dimension"},
+}
+
+
+def test_chroma_and_the_store_agree_on_the_same_vectors(ef: KVEmbeddingFunction, tiny_embedder: Any) -> None:
+    """Every vector setting is refused by the Chroma function's update check and, where the identity records it
+    by name, makes the store's identity differ; settings that do not change the vectors pass both."""
+    from kvemb_rag.engine.config import VECTOR_SETTINGS
+    from kvemb_rag.engine.identity import IDENTITY_SETTINGS, RECORDED_THROUGH, identity_differences
+
+    assert set(_VECTOR_CHANGES) == set(VECTOR_SETTINGS)
+    old = ef.get_config()
+    for name, value in _VECTOR_CHANGES.items():
+        with pytest.raises(ConfigError, match=f"Cannot change {name}: "):
+            ef.validate_config_update(old, {**old, name: value})
+    ef.validate_config_update(old, {**old, "device": "cpu", "batch_size": 4, "max_padding": 1.0})
+    assert set(IDENTITY_SETTINGS) | set(RECORDED_THROUGH) == set(VECTOR_SETTINGS)
+    stored = tiny_embedder.identity
+    for name in set(IDENTITY_SETTINGS) - {"model"}:
+        changed = tiny_embedder.with_options(**{name: _VECTOR_CHANGES[name]})
+        assert name in identity_differences(stored, changed.identity), name
+    same = tiny_embedder.with_options(batch_size=3, max_padding=1.0, device="cpu")
+    assert identity_differences(stored, same.identity) == {}
