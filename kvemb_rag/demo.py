@@ -28,8 +28,7 @@ from kvemb_rag.cli import hits_table, model_argument, summary_table
 from kvemb_rag.engine.embedder import KVEmbedder
 from kvemb_rag.engine.loader import load_causal_lm
 from kvemb_rag.engine.models import default_model
-from kvemb_rag.sources import Document
-from kvemb_rag.store import EmbedderMismatchError, Hit, KVStore
+from kvemb_rag.store import Document, EmbedderMismatchError, Hit, KVStore
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

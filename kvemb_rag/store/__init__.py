@@ -29,7 +29,7 @@ keys listed in ``json_keys``).
 Example:
     >>> from kvemb_rag import KVEmbedder
     >>> from kvemb_rag.store import KVStore
-    >>> from kvemb_rag.sources import Document
+    >>> from kvemb_rag.store import Document
     >>> store = KVStore("index-dir", embedder=KVEmbedder("Qwen/Qwen3-0.6B"))  # doctest: +SKIP
     >>> store.add_documents([Document("a", "Cats purr."), Document("b", "Rust is fast.")])  # doctest: +SKIP
     >>> store.query("Which animal purrs?", k=1)[0].doc_id  # doctest: +SKIP
@@ -47,7 +47,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from kvemb_rag.sources import Document
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
     _FORMAT_KEY,
@@ -60,6 +59,7 @@ from kvemb_rag.store.collection_io import (
     _recorded_int,
     _slices,
 )
+from kvemb_rag.store.documents import RESERVED_METADATA_KEYS, Document, SkippedFile
 from kvemb_rag.store.errors import (
     CollectionNotFoundError,
     EmbedderMismatchError,
@@ -91,6 +91,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_COLLECTION",
     "DEFAULT_PATH",
+    "RESERVED_METADATA_KEYS",
     "CollectionInfo",
     "CollectionNotFoundError",
     "DocKey",
@@ -103,6 +104,7 @@ __all__ = [
     "KVStore",
     "KVStoreError",
     "ProgressCallback",
+    "SkippedFile",
     "embedder_from_identity",
     "identity_differences",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from kvemb_rag.sources import RESERVED_METADATA_KEYS, Document
+from kvemb_rag.store.documents import RESERVED_METADATA_KEYS, Document
 
 # Collection-metadata keys written by the store.
 _IDENTITY_KEY = "kvemb_identity"

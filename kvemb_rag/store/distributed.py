@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kvemb_rag.sources import Document
+from kvemb_rag.store.documents import Document
 from kvemb_rag.store.errors import EmbedderMismatchError, embedder_from_identity, identity_differences
 from kvemb_rag.store.indexing import BulkEmbed, index_documents
 from kvemb_rag.store.records import IndexSummary, ProgressCallback, _Pending

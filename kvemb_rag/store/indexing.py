@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from kvemb_rag.sources import Document
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
     _OVERLAP_KEY,
@@ -23,6 +22,7 @@ from kvemb_rag.store.collection_io import (
     _recorded_int,
     _slices,
 )
+from kvemb_rag.store.documents import Document
 from kvemb_rag.store.records import (
     DocKey,
     IndexProgress,
@@ -83,7 +83,7 @@ def index_documents(
     if not_documents:
         raise TypeError(
             f"documents[{not_documents[0]}] is a {type(docs[not_documents[0]]).__name__}; pass "
-            "kvemb_rag.sources.Document objects."
+            "kvemb_rag.store.Document objects."
         )
     counts: dict[DocKey, int] = {}
     for doc in docs:

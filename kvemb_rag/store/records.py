@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kvemb_rag.sources import Document, SkippedFile
+from kvemb_rag.store.documents import Document, SkippedFile
 
 __all__ = ["CollectionInfo", "DocKey", "Hit", "IndexProgress", "IndexSummary", "ProgressCallback"]
 
