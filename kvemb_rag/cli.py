@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -37,14 +36,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
-from kvemb_rag.store import DEFAULT_CHUNK_SIZE  # the store module imports chromadb only when a store opens
+from kvemb_rag.store import DEFAULT_CHUNK_SIZE, resolve_model  # chromadb is imported when a store opens
 
 if TYPE_CHECKING:
-    from kvemb_rag.engine.embedder import KVEmbedder
-    from kvemb_rag.sources import Document
-    from kvemb_rag.store import Hit, IndexSummary, KVStore, ProgressCallback
+    from kvemb_rag.store import Hit, IndexSummary, KVStore
+    from kvemb_rag.store.distributed import RayIndexConfig
 
-__all__ = ["DEFAULT_MODEL", "app", "default_model", "hits_table", "main", "model_argument", "summary_table"]
+__all__ = ["DEFAULT_MODEL", "app", "default_model", "hits_table", "main", "summary_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +64,6 @@ _state: dict[str, bool] = {"verbose": False}
 
 class UserError(Exception):
     """An error caused by the command's input; printed without a traceback."""
-
-
-def model_argument(model: str) -> str:
-    """A local model folder or file as an absolute path (so the collection records a usable location)."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -141,37 +133,6 @@ def _open_store(
 
 
 # ------------------------------------------------------------------------------------------- index
-def _build_embedder(
-    store: KVStore,
-    *,
-    model: str | None,
-    strategy: str | None,
-    max_length: int | None,
-    batch_size: int | None,
-    device: str | None,
-) -> KVEmbedder:
-    """The collection's embedder when it exists and no --model is given, else one from the flags."""
-    from kvemb_rag.engine.embedder import KVEmbedder
-    from kvemb_rag.store import embedder_from_identity
-
-    overrides: dict[str, Any] = {}
-    if strategy is not None:
-        overrides["strategy"] = strategy
-    if max_length is not None:
-        overrides["max_length"] = max_length
-    if batch_size is not None:
-        overrides["batch_size"] = batch_size
-    if device is not None:
-        overrides["device"] = device
-    stored = store.identity
-    if model is None and stored is not None:
-        logger.info("Using the collection's embedder: %s", stored.get("model"))
-        if "strategy" in overrides:
-            overrides["layers"] = "auto"  # the recorded layers belong to the recorded strategy
-        return embedder_from_identity(stored, **overrides)
-    return KVEmbedder(model_argument(model or default_model()), **overrides)
-
-
 def summary_table(summary: IndexSummary, collection: str) -> Table:
     """A rich table of an indexing run's summary."""
     table = Table(title=f"Indexed into {collection!r}", show_header=False, title_justify="left")
@@ -248,41 +209,15 @@ def index(
     """Index files into a collection; each PATH is synchronised (vanished documents are removed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kvemb_rag.sources import read_path
-    from kvemb_rag.store import IndexProgress, IndexSummary
+    from kvemb_rag.sources import read_paths, sync_reads
+    from kvemb_rag.store import IndexProgress, indexing_embedder
 
     with _user_errors():
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing:
-            raise UserError(
-                f"Path(s) not found: {', '.join(map(repr, missing))}. Give existing files or folders."
-            )
-        reads = [read_path(p) for p in paths]
-        # Documents are identified by source and id, so two folders may both hold README.md; but one file
-        # reached through two given paths (a folder and a file in it) would be stored twice.
-        owners: dict[str, str] = {}
-        for read in reads:
-            for doc in read.documents:
-                file = str(doc.metadata.get("path", doc.id))
-                first = owners.setdefault(file, read.source)
-                if first != read.source:
-                    raise UserError(
-                        f"File {file!r} comes from both {first} and {read.source}; give overlapping paths "
-                        "once (the folder, or the files in it)."
-                    )
+        reads = read_paths(paths)  # before the model loads: path errors come first
         store = _open_store(db, collection, must_exist=False, url=url, chunk_size=chunk_size)
         try:
-            store.embedder = _build_embedder(
-                store,
-                model=model,
-                strategy=strategy,
-                max_length=max_length,
-                batch_size=batch_size,
-                device=device,
-            )
-            if overlap is None:
-                overlap = store.recorded_overlap or 0
-            summary = IndexSummary()
+            settings = {"strategy": strategy, "max_length": max_length, "batch_size": batch_size, "device": device}
+            store.embedder = indexing_embedder(store, model, **{k: v for k, v in settings.items() if v is not None})
             progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -294,37 +229,12 @@ def index(
             with progress:
                 docs_task = progress.add_task("Documents", total=sum(len(r.documents) for r in reads))
                 chunks_task = progress.add_task("Chunks embedded", total=0)
-                done_before = embedded_before = 0
-                for read in reads:
-                    if not read.documents:
-                        # Every file was skipped: do not treat that as "the folder is now empty" and remove
-                        # the source's stored documents.
-                        logger.warning(
-                            "Nothing readable in %s; its stored documents are left as they are.", read.source
-                        )
-                        continue
 
-                    def update(
-                        event: IndexProgress, docs: int = done_before, chunks: int = embedded_before
-                    ) -> None:
-                        progress.update(docs_task, completed=docs + event.documents_done)
-                        progress.update(
-                            chunks_task,
-                            completed=chunks + event.chunks_embedded,
-                            total=chunks + event.chunks_to_embed,
-                        )
+                def update(event: IndexProgress) -> None:
+                    progress.update(docs_task, completed=event.documents_done)
+                    progress.update(chunks_task, completed=event.chunks_embedded, total=event.chunks_to_embed)
 
-                    if ray is None:
-                        result = store.sync_documents(
-                            read.documents, source=read.source, overlap=overlap, progress=update
-                        )
-                    else:
-                        result = _ray_sync(store, read.documents, read.source, overlap, update, ray)
-                    summary = summary + result
-                    done_before += len(read.documents)
-                    embedded_before += result.chunks_embedded
-            skipped = tuple(s for r in reads for s in r.skipped)
-            summary = dataclasses.replace(summary, skipped_files=skipped)
+                summary = sync_reads(store, reads, overlap=overlap, progress=update, ray=_ray_config(ray))
         finally:
             store.close()
     if as_json:
@@ -333,17 +243,12 @@ def index(
         out.print(summary_table(summary, collection))
 
 
-def _ray_sync(
-    store: KVStore, docs: Sequence[Document], source: str, overlap: int, progress: ProgressCallback, actors: int
-) -> IndexSummary:
-    try:
-        import ray.data  # noqa: F401
+def _ray_config(actors: int | None) -> RayIndexConfig | None:
+    if actors is None:
+        return None
+    from kvemb_rag.store.distributed import RayIndexConfig
 
-        from kvemb_rag.store.distributed import RayIndexConfig, ray_sync_documents
-    except ImportError as exc:
-        raise UserError(f'--ray needs Ray Data ({exc.name} is missing): pip install "kvemb-rag[ray]".') from exc
-    config = RayIndexConfig(actors=actors)
-    return ray_sync_documents(store, docs, source=source, config=config, overlap=overlap, progress=progress)
+    return RayIndexConfig(actors=actors)
 
 
 # ------------------------------------------------------------------------------------------ serve
@@ -389,7 +294,7 @@ def serve(
         limits = ServeLimits(max_inputs, max_tokens_per_input, max_batch, max_wait_ms)
         kwargs: dict[str, Any] = {"strategy": strategy, "max_length": max_length, "show_progress_bar": False}
         kwargs.update({k: v for k, v in (("batch_size", batch_size), ("device", device)) if v is not None})
-        embedder = KVEmbedder(model_argument(model or default_model()), **kwargs)
+        embedder = KVEmbedder(resolve_model(model or default_model()), **kwargs)
         name = served_model_name or model or default_model()
         run_server(embedder, host=host, port=port, model_name=name, api_key=api_key, limits=limits)
 
@@ -548,7 +453,7 @@ def layers(
     from kvemb_rag.engine.embedder import KVEmbedder
 
     with _user_errors():
-        name = model_argument(model or default_model())
+        name = resolve_model(model or default_model())
         kwargs: dict[str, Any] = {"max_length": max_length}
         if device is not None:
             kwargs["device"] = device
@@ -663,7 +568,7 @@ def evaluate(
         if lengths:
             kwargs["max_lengths"] = tuple(_positive_int(v, "--max-lengths") for v in lengths)
         records = run_evaluation(
-            [model_argument(m) for m in (model or [default_model()])],
+            [resolve_model(m) for m in (model or [default_model()])],
             tuple(_comma_list(strategy, "--strategies") or ("kv",)),
             sts=sts or (),
             retrieval=retrieval or (),

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "InputError", "KVEmbError", "ModelLoadError"]
+__all__ = ["ConfigError", "DataNotFoundError", "InputError", "KVEmbError", "ModelLoadError"]
 
 
 class KVEmbError(Exception):
@@ -33,3 +33,7 @@ class InputError(KVEmbError, ValueError):
 
 class ModelLoadError(KVEmbError, OSError):
     """A model cannot be found or read (missing folder or file, unknown bundled name, unreadable weights)."""
+
+
+class DataNotFoundError(KVEmbError, FileNotFoundError):
+    """A data file or folder the call reads (a dataset, the documents to index) does not exist."""

@@ -14,10 +14,16 @@ mirrors):
 * unreadable files, binary files (a NUL byte, or not UTF-8), empty files and bad JSONL lines are skipped
   with a warning and reported in :attr:`SourceRead.skipped`; files with other suffixes are ignored.
 
+:func:`read_paths` reads several paths with the rules of ``kvemb index`` (all missing paths named at once;
+a file reached through two paths refused), and :func:`sync_reads` synchronises them into a store.
+
 Example:
     >>> read = read_path("docs")  # doctest: +SKIP
     >>> [d.id for d in read.documents]  # doctest: +SKIP
     ['engine-api.md', 'method.md']
+    >>> store.embedder = indexing_embedder(store)  # the collection's, else the default  # doctest: +SKIP
+    >>> sync_reads(store, read_paths(["docs", "README.md"])).added  # doctest: +SKIP
+    5
 """
 
 from __future__ import annotations
@@ -25,14 +31,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvemb_rag.errors import KVEmbError
 from kvemb_rag.store.documents import RESERVED_METADATA_KEYS, Document, SkippedFile
+from kvemb_rag.store.records import IndexSummary, ProgressCallback
+from kvemb_rag.store.sync import sync_sources
 
-__all__ = ["SUPPORTED_SUFFIXES", "SourceError", "SourceRead", "read_path"]
+if TYPE_CHECKING:
+    from kvemb_rag.store import KVStore
+    from kvemb_rag.store.distributed import RayIndexConfig
+
+__all__ = ["SUPPORTED_SUFFIXES", "SourceError", "SourceRead", "read_path", "read_paths", "sync_reads"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,3 +217,63 @@ def read_path(path: str | os.PathLike[str]) -> SourceRead:
     for item in skipped:
         logger.warning("Skipped %s: %s", item.path, item.reason)
     return SourceRead(source, root, tuple(documents), len(files), tuple(skipped))
+
+
+def read_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[SourceRead, ...]:
+    """Read several paths (as :func:`read_path`), checking them together first.
+
+    Args:
+        paths: Supported files or folders, each becoming one source.
+
+    Returns:
+        One :class:`SourceRead` per path, in order.
+
+    Raises:
+        SourceError: Some paths do not exist (all are named), a path cannot be read (see :func:`read_path`),
+            or one file is reached through two of the paths (a folder and a file in it), which would store
+            it twice.
+    """
+    given = [Path(p) for p in paths]
+    missing = [str(p) for p in given if not p.exists()]
+    if missing:
+        raise SourceError(f"Path(s) not found: {', '.join(map(repr, missing))}. Give existing files or folders.")
+    reads = tuple(read_path(p) for p in given)
+    # Documents are identified by source and id, so two folders may both hold README.md; but one file
+    # reached through two given paths would be stored twice.
+    owners: dict[str, str] = {}
+    for read in reads:
+        for doc in read.documents:
+            file = str(doc.metadata.get("path", doc.id))
+            first = owners.setdefault(file, read.source)
+            if first != read.source:
+                raise SourceError(
+                    f"File {file!r} comes from both {first} and {read.source}; give overlapping paths once "
+                    "(the folder, or the files in it)."
+                )
+    return reads
+
+
+def sync_reads(
+    store: KVStore,
+    reads: Sequence[SourceRead],
+    *,
+    overlap: int | None = None,
+    progress: ProgressCallback | None = None,
+    ray: RayIndexConfig | None = None,
+) -> IndexSummary:
+    """Synchronise each read's source in ``store`` (:func:`kvemb_rag.store.sync_sources`): ``kvemb index``.
+
+    Args:
+        store: The store, its embedder set (e.g. :func:`kvemb_rag.store.indexing_embedder`).
+        reads: From :func:`read_paths`; a read without documents leaves its source's stored documents alone.
+        overlap: As in :func:`~kvemb_rag.store.sync_sources` (default: the collection's overlap).
+        progress: As in :func:`~kvemb_rag.store.sync_sources` (over all reads).
+        ray: As in :func:`~kvemb_rag.store.sync_sources`.
+
+    Returns:
+        The run's summary, ``skipped_files`` listing the files and lines the reads skipped.
+    """
+    summary = sync_sources(
+        store, [(read.source, read.documents) for read in reads], overlap=overlap, progress=progress, ray=ray
+    )
+    return replace(summary, skipped_files=tuple(s for read in reads for s in read.skipped))
