@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvemb_rag.errors import InputError
+
 __all__ = ["RESERVED_METADATA_KEYS", "Document", "SkippedFile"]
 
 #: Metadata keys the store writes on every record; user metadata may not use them (see :class:`Document`).
@@ -53,7 +55,7 @@ class Document:
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
-            raise ValueError(
+            raise InputError(
                 f"Document id must be a non-empty str; got {self.id!r}. Give each document an id."
             )
         if not isinstance(self.text, str):
@@ -61,7 +63,7 @@ class Document:
                 f"Document {self.id!r}: text must be a str, got {type(self.text).__name__}. Decode it first."
             )
         if not self.text.strip():
-            raise ValueError(
+            raise InputError(
                 f"Document {self.id!r} is empty or whitespace-only; there is nothing to embed. Leave it out."
             )
         if not isinstance(self.metadata, Mapping):
@@ -70,15 +72,15 @@ class Document:
             )
         bad = [k for k in self.metadata if not isinstance(k, str) or not k]
         if bad:
-            raise ValueError(f"Document {self.id!r}: metadata keys must be non-empty str; got {bad!r}.")
+            raise InputError(f"Document {self.id!r}: metadata keys must be non-empty str; got {bad!r}.")
         reserved = sorted(set(self.metadata) & set(RESERVED_METADATA_KEYS))
         if reserved:
-            raise ValueError(
+            raise InputError(
                 f"Document {self.id!r}: metadata keys {reserved} are reserved for the store's own fields "
                 f"({', '.join(RESERVED_METADATA_KEYS)}); rename them, e.g. 'meta_{reserved[0]}'."
             )
         if self.source is not None and (not isinstance(self.source, str) or not self.source):
-            raise ValueError(
+            raise InputError(
                 f"Document {self.id!r}: source must be None or a non-empty str; got {self.source!r}."
             )
         object.__setattr__(self, "metadata", dict(self.metadata))
