@@ -24,12 +24,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kvemb_rag.cli import hits_table, summary_table
 from kvemb_rag.engine.embedder import KVEmbedder
 from kvemb_rag.engine.loader import load_causal_lm
 from kvemb_rag.engine.models import default_model
 from kvemb_rag.errors import DataNotFoundError
 from kvemb_rag.store import Document, EmbedderMismatchError, Hit, KVStore, resolve_model
+from kvemb_rag.tables import hits_table, summary_table
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
