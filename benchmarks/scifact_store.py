@@ -34,8 +34,7 @@ DEFAULT_MODEL = REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf
 def run_one(data: Any, model: str, max_length: int, db: Path, args: argparse.Namespace) -> dict[str, Any]:
     from kvemb_rag import KVEmbedder
     from kvemb_rag.evaluation.metrics import ndcg_at_k
-    from kvemb_rag.sources import Document
-    from kvemb_rag.store import KVStore
+    from kvemb_rag.store import Document, KVStore
 
     result: dict[str, Any] = {"max_length": max_length}
     started = time.perf_counter()

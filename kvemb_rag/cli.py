@@ -11,8 +11,13 @@ Commands:
 * ``kvemb serve --model M`` -- an OpenAI-compatible embeddings API (:mod:`kvemb_rag.serve`);
 * ``kvemb index PATH... --url URL --ray N`` -- embedding on N Ray actors (:mod:`kvemb_rag.store.distributed`).
 
-User errors (a missing path, an unknown collection, an embedder mismatch...) print one message and exit
-with status 1 (2 for bad command-line usage); ``--verbose`` also prints tracebacks.
+Errors kvemb-rag raises on purpose (:class:`kvemb_rag.KVEmbError`: a missing path, an unknown collection, an
+embedder mismatch, a bad option...) print one message and exit with status 1 (2 for bad command-line usage);
+``--verbose`` also prints their tracebacks. Any other exception is a bug and propagates with its traceback.
+
+The commands are thin: the indexing rules are :func:`kvemb_rag.sources.read_paths`,
+:func:`kvemb_rag.sources.sync_reads` and :func:`kvemb_rag.store.indexing_embedder`; the tables are
+:mod:`kvemb_rag.tables`.
 
 Example:
     $ kvemb index docs README.md --db .kvemb/store --model ../shared/data/models/stories260K/hf
@@ -21,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -34,23 +38,45 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.table import Table
 
 from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
-from kvemb_rag.store import DEFAULT_CHUNK_SIZE  # the store module imports chromadb only when a store opens
+from kvemb_rag.errors import ConfigError, KVEmbError
+from kvemb_rag.store import DEFAULT_CHUNK_SIZE, resolve_model  # chromadb is imported when a store opens
+from kvemb_rag.tables import collection_table, hits_table, layers_table, summary_table
 
 if TYPE_CHECKING:
-    from kvemb_rag.engine.embedder import KVEmbedder
-    from kvemb_rag.sources import Document
-    from kvemb_rag.store import Hit, IndexSummary, KVStore, ProgressCallback
+    from kvemb_rag.store import KVStore
+    from kvemb_rag.store.distributed import RayIndexConfig
 
-__all__ = ["DEFAULT_MODEL", "app", "default_model", "hits_table", "main", "model_argument", "summary_table"]
+__all__ = ["DEFAULT_MODEL", "app", "default_model", "main"]
 
 logger = logging.getLogger(__name__)
 
 # Exit status of user errors (typer/click use 2 for usage errors).
 _EXIT_USER_ERROR = 1
-_SNIPPET_CHARS = 160
+
+# Options shared by several commands, declared once.
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="Folder of the Chroma database (`kvemb index` creates it).")
+]
+UrlOption = Annotated[str | None, typer.Option("--url", help="A Chroma server (http://host:port) instead of --db.")]
+CollectionOption = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help=f"Hub name, local folder, .gguf file or bundled model; default $KVEMB_MODEL, else {DEFAULT_MODEL}.",
+    ),
+]
+StrategyOption = Annotated[str | None, typer.Option("--strategy", help="kv, kv-ablation, last, mean, ...")]
+MaxLengthOption = Annotated[
+    int | None,
+    typer.Option("--max-length", help="Longest text the engine embeds in one pass (default: 4096 or context)."),
+]
+BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", help="Texts per forward pass.")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 app = typer.Typer(
     name="kvemb",
@@ -64,42 +90,27 @@ err = Console(stderr=True)
 _state: dict[str, bool] = {"verbose": False}
 
 
-class UserError(Exception):
-    """An error caused by the command's input; printed without a traceback."""
-
-
-def model_argument(model: str) -> str:
-    """A local model folder or file as an absolute path (so the collection records a usable location)."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from kvemb_rag.sources import SourceError
-    from kvemb_rag.store import KVStoreError
-
-    # ValueError / OSError: the engine's validation (bad max_length, strategy...) and unloadable models or
-    # unreadable paths; --verbose shows their tracebacks.
-    return (UserError, KVStoreError, SourceError, ValueError, OSError)
-
-
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn user errors into a message on stderr and exit status 1 (tracebacks only with --verbose)."""
+    """Print a :class:`~kvemb_rag.KVEmbError` on stderr and exit with status 1 (traceback with --verbose).
+
+    Any other exception is a bug: it propagates with its traceback.
+    """
     try:
         yield
-    except typer.Exit:
-        raise
     except KeyboardInterrupt:
         err.print("[red]Interrupted.[/red] Re-running the same command resumes where it stopped.")
         raise typer.Exit(130) from None
-    except Exception as exc:
-        if not isinstance(exc, _user_error_types()):
-            raise
+    except KVEmbError as exc:
         if _state["verbose"]:
             err.print_exception()
         err.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(_EXIT_USER_ERROR) from None
+
+
+def _given(**settings: Any) -> dict[str, Any]:
+    """The engine settings whose options were given (not ``None``)."""
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 @app.callback()
@@ -125,80 +136,27 @@ def _open_store(
 
     if url is not None:
         if db is not None:
-            raise UserError(
+            raise ConfigError(
                 "Give either --db (a local database folder) or --url (a Chroma server), not both."
             )
         return KVStore(url=url, collection=collection, chunk_size=chunk_size)
     if db is None:
-        raise UserError(
+        raise ConfigError(
             "Missing --db DIR (the database folder), or --url http://host:port for a Chroma server."
         )
     if db.exists() and not db.is_dir():
-        raise UserError(f"--db {str(db)!r} is a file; give a folder for the database.")
+        raise ConfigError(f"--db {str(db)!r} is a file; give a folder for the database.")
     if must_exist and not db.is_dir():
-        raise UserError(f"No database at {str(db)!r}. Create one with `kvemb index PATH --db {db}`.")
+        raise ConfigError(f"No database at {str(db)!r}. Create one with `kvemb index PATH --db {db}`.")
     return KVStore(db, collection=collection, chunk_size=chunk_size)
 
 
 # ------------------------------------------------------------------------------------------- index
-def _build_embedder(
-    store: KVStore,
-    *,
-    model: str | None,
-    strategy: str | None,
-    max_length: int | None,
-    batch_size: int | None,
-    device: str | None,
-) -> KVEmbedder:
-    """The collection's embedder when it exists and no --model is given, else one from the flags."""
-    from kvemb_rag.engine.embedder import KVEmbedder
-    from kvemb_rag.store import embedder_from_identity
-
-    overrides: dict[str, Any] = {}
-    if strategy is not None:
-        overrides["strategy"] = strategy
-    if max_length is not None:
-        overrides["max_length"] = max_length
-    if batch_size is not None:
-        overrides["batch_size"] = batch_size
-    if device is not None:
-        overrides["device"] = device
-    stored = store.identity
-    if model is None and stored is not None:
-        logger.info("Using the collection's embedder: %s", stored.get("model"))
-        if "strategy" in overrides:
-            overrides["layers"] = "auto"  # the recorded layers belong to the recorded strategy
-        return embedder_from_identity(stored, **overrides)
-    return KVEmbedder(model_argument(model or default_model()), **overrides)
-
-
-def summary_table(summary: IndexSummary, collection: str) -> Table:
-    """A rich table of an indexing run's summary."""
-    table = Table(title=f"Indexed into {collection!r}", show_header=False, title_justify="left")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for label, value in (
-        ("documents", summary.documents),
-        ("chunks", summary.chunks),
-        ("added", summary.added),
-        ("unchanged", summary.unchanged),
-        ("replaced", summary.replaced),
-        ("removed", summary.removed),
-        ("skipped files", len(summary.skipped_files)),
-        ("chunks embedded", summary.chunks_embedded),
-        ("time", f"{summary.seconds:.1f} s"),
-    ):
-        table.add_row(label, str(value))
-    return table
-
-
 @app.command()
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Files (.txt, .md, .jsonl) or folders (recursive).")],
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Folder of the Chroma database (created if missing).")
-    ] = None,
-    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection name.")] = "kvemb",
+    db: DbOption = None,
+    collection: CollectionOption = "kvemb",
     model: Annotated[
         str | None,
         typer.Option(
@@ -217,24 +175,17 @@ def index(
             f"{DEFAULT_CHUNK_SIZE} (measured, see docs/chunk-size.md).",
         ),
     ] = None,
-    max_length: Annotated[
-        int | None,
-        typer.Option("--max-length", help="Longest text the engine embeds in one pass (default: 4096 or context)."),
-    ] = None,
+    max_length: MaxLengthOption = None,
     overlap: Annotated[
         int | None,
         typer.Option(
             "--overlap", min=0, help="Tokens shared by consecutive chunks; default the collection's, else 0."
         ),
     ] = None,
-    strategy: Annotated[
-        str | None, typer.Option("--strategy", help="kv, kv-ablation, last, mean, ...")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Chunks per forward pass.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")] = None,
-    url: Annotated[
-        str | None, typer.Option("--url", help="A Chroma server (http://host:port) instead of --db.")
-    ] = None,
+    strategy: StrategyOption = None,
+    batch_size: BatchSizeOption = None,
+    device: DeviceOption = None,
+    url: UrlOption = None,
     ray: Annotated[
         int | None,
         typer.Option(
@@ -243,46 +194,20 @@ def index(
             help="Embed with N Ray actors (Ray Data; $RAY_ADDRESS or a local cluster); needs the ray extra.",
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Index files into a collection; each PATH is synchronised (vanished documents are removed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kvemb_rag.sources import read_path
-    from kvemb_rag.store import IndexProgress, IndexSummary
+    from kvemb_rag.sources import read_paths, sync_reads
+    from kvemb_rag.store import IndexProgress, indexing_embedder
 
     with _user_errors():
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing:
-            raise UserError(
-                f"Path(s) not found: {', '.join(map(repr, missing))}. Give existing files or folders."
-            )
-        reads = [read_path(p) for p in paths]
-        # Documents are identified by source and id, so two folders may both hold README.md; but one file
-        # reached through two given paths (a folder and a file in it) would be stored twice.
-        owners: dict[str, str] = {}
-        for read in reads:
-            for doc in read.documents:
-                file = str(doc.metadata.get("path", doc.id))
-                first = owners.setdefault(file, read.source)
-                if first != read.source:
-                    raise UserError(
-                        f"File {file!r} comes from both {first} and {read.source}; give overlapping paths "
-                        "once (the folder, or the files in it)."
-                    )
+        reads = read_paths(paths)  # before the model loads: path errors come first
         store = _open_store(db, collection, must_exist=False, url=url, chunk_size=chunk_size)
         try:
-            store.embedder = _build_embedder(
-                store,
-                model=model,
-                strategy=strategy,
-                max_length=max_length,
-                batch_size=batch_size,
-                device=device,
-            )
-            if overlap is None:
-                overlap = store.recorded_overlap or 0
-            summary = IndexSummary()
+            settings = _given(strategy=strategy, max_length=max_length, batch_size=batch_size, device=device)
+            store.embedder = indexing_embedder(store, model, **settings)
             progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -294,37 +219,12 @@ def index(
             with progress:
                 docs_task = progress.add_task("Documents", total=sum(len(r.documents) for r in reads))
                 chunks_task = progress.add_task("Chunks embedded", total=0)
-                done_before = embedded_before = 0
-                for read in reads:
-                    if not read.documents:
-                        # Every file was skipped: do not treat that as "the folder is now empty" and remove
-                        # the source's stored documents.
-                        logger.warning(
-                            "Nothing readable in %s; its stored documents are left as they are.", read.source
-                        )
-                        continue
 
-                    def update(
-                        event: IndexProgress, docs: int = done_before, chunks: int = embedded_before
-                    ) -> None:
-                        progress.update(docs_task, completed=docs + event.documents_done)
-                        progress.update(
-                            chunks_task,
-                            completed=chunks + event.chunks_embedded,
-                            total=chunks + event.chunks_to_embed,
-                        )
+                def update(event: IndexProgress) -> None:
+                    progress.update(docs_task, completed=event.documents_done)
+                    progress.update(chunks_task, completed=event.chunks_embedded, total=event.chunks_to_embed)
 
-                    if ray is None:
-                        result = store.sync_documents(
-                            read.documents, source=read.source, overlap=overlap, progress=update
-                        )
-                    else:
-                        result = _ray_sync(store, read.documents, read.source, overlap, update, ray)
-                    summary = summary + result
-                    done_before += len(read.documents)
-                    embedded_before += result.chunks_embedded
-            skipped = tuple(s for r in reads for s in r.skipped)
-            summary = dataclasses.replace(summary, skipped_files=skipped)
+                summary = sync_reads(store, reads, overlap=overlap, progress=update, ray=_ray_config(ray))
         finally:
             store.close()
     if as_json:
@@ -333,26 +233,18 @@ def index(
         out.print(summary_table(summary, collection))
 
 
-def _ray_sync(
-    store: KVStore, docs: Sequence[Document], source: str, overlap: int, progress: ProgressCallback, actors: int
-) -> IndexSummary:
-    try:
-        import ray.data  # noqa: F401
+def _ray_config(actors: int | None) -> RayIndexConfig | None:
+    if actors is None:
+        return None
+    from kvemb_rag.store.distributed import RayIndexConfig
 
-        from kvemb_rag.store.distributed import RayIndexConfig, ray_sync_documents
-    except ImportError as exc:
-        raise UserError(f'--ray needs Ray Data ({exc.name} is missing): pip install "kvemb-rag[ray]".') from exc
-    config = RayIndexConfig(actors=actors)
-    return ray_sync_documents(store, docs, source=source, config=config, overlap=overlap, progress=progress)
+    return RayIndexConfig(actors=actors)
 
 
 # ------------------------------------------------------------------------------------------ serve
 @app.command()
 def serve(
-    model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help=f"Model to serve; default $KVEMB_MODEL or {DEFAULT_MODEL}."),
-    ] = None,
+    model: ModelOption = None,
     host: Annotated[str, typer.Option("--host", help="Interface to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     api_key: Annotated[
@@ -370,12 +262,10 @@ def serve(
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", min=0, help="Wait for more texts before an engine call.")
     ] = 5.0,
-    strategy: Annotated[str, typer.Option("--strategy", help="kv, kv-ablation, last, mean, ...")] = "kv",
-    max_length: Annotated[
-        int | None, typer.Option("--max-length", help="Longest text per forward pass (default: 4096 or context).")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Rows per forward pass.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")] = None,
+    strategy: StrategyOption = None,
+    max_length: MaxLengthOption = None,
+    batch_size: BatchSizeOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings); needs the serve extra."""
     from kvemb_rag.engine.embedder import KVEmbedder
@@ -385,44 +275,20 @@ def serve(
             from kvemb_rag.serve import ServeLimits, run_server
         except ImportError as exc:
             missing = f"kvemb serve needs FastAPI and uvicorn ({exc.name} is missing)"
-            raise UserError(f'{missing}: pip install "kvemb-rag[serve]".') from exc
+            raise ConfigError(f'{missing}: pip install "kvemb-rag[serve]".') from exc
         limits = ServeLimits(max_inputs, max_tokens_per_input, max_batch, max_wait_ms)
-        kwargs: dict[str, Any] = {"strategy": strategy, "max_length": max_length, "show_progress_bar": False}
-        kwargs.update({k: v for k, v in (("batch_size", batch_size), ("device", device)) if v is not None})
-        embedder = KVEmbedder(model_argument(model or default_model()), **kwargs)
+        settings = _given(strategy=strategy, max_length=max_length, batch_size=batch_size, device=device)
+        embedder = KVEmbedder(resolve_model(model or default_model()), show_progress_bar=False, **settings)
         name = served_model_name or model or default_model()
         run_server(embedder, host=host, port=port, model_name=name, api_key=api_key, limits=limits)
 
 
 # ------------------------------------------------------------------------------------------ search
-def _snippet(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _SNIPPET_CHARS else flat[: _SNIPPET_CHARS - 1] + "…"
-
-
-def hits_table(hits: Sequence[Hit], title: str) -> Table:
-    """A rich table of search hits (score, document, span, snippet)."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("document")
-    table.add_column("span")
-    table.add_column("snippet", overflow="fold")
-    for rank, hit in enumerate(hits, start=1):
-        span = f"{hit.start}-{hit.end} (chunk {hit.chunk_index})"
-        # Ids repeat across sources (two folders' README.md): the source tells them apart.
-        document = escape(hit.doc_id)
-        if hit.source is not None:
-            document += f"\n[dim]{escape(hit.source)}[/dim]"
-        table.add_row(str(rank), f"{hit.score:.3f}", document, span, escape(_snippet(hit.text)))
-    return table
-
-
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="The search query.")],
-    db: Annotated[Path | None, typer.Option("--db", help="Folder of the Chroma database.")] = None,
-    collection: Annotated[str, typer.Option("--collection", "-c", help="Collection name.")] = "kvemb",
+    db: DbOption = None,
+    collection: CollectionOption = "kvemb",
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 5,
     per_document: Annotated[
         bool, typer.Option("--per-document", help="Best chunk per document, k documents.")
@@ -430,11 +296,9 @@ def search(
     where: Annotated[
         str | None, typer.Option("--where", help='Chroma metadata filter as JSON, e.g. \'{"lang": "en"}\'.')
     ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")] = None,
-    url: Annotated[
-        str | None, typer.Option("--url", help="A Chroma server (http://host:port) instead of --db.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
+    device: DeviceOption = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Search a collection with the embedder it was built with."""
     with _user_errors():
@@ -443,13 +307,13 @@ def search(
             try:
                 filters = json.loads(where)
             except json.JSONDecodeError as exc:
-                raise UserError(f"--where is not valid JSON ({exc.msg}): {where!r}.") from exc
+                raise ConfigError(f"--where is not valid JSON ({exc.msg}): {where!r}.") from exc
             if not isinstance(filters, dict):
-                raise UserError(f"--where must be a JSON object, got {where!r}.")
+                raise ConfigError(f"--where must be a JSON object, got {where!r}.")
         store = _open_store(db, collection, must_exist=True, url=url)
         try:
             store.info()  # fails fast on an unknown collection, before the model loads
-            store.load_embedder(**({"device": device} if device else {}))
+            store.load_embedder(**_given(device=device))
             hits = store.query(query, k, per_document=per_document, where=filters)
         finally:
             store.close()
@@ -466,14 +330,12 @@ def search(
 # -------------------------------------------------------------------------------------------- info
 @app.command()
 def info(
-    db: Annotated[Path | None, typer.Option("--db", help="Folder of the Chroma database.")] = None,
+    db: DbOption = None,
     collection: Annotated[
         str | None, typer.Option("--collection", "-c", help="Only this collection (default: all).")
     ] = None,
-    url: Annotated[
-        str | None, typer.Option("--url", help="A Chroma server (http://host:port) instead of --db.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List collections with their sizes and embedder identities."""
     with _user_errors():
@@ -489,15 +351,7 @@ def info(
     if not infos:
         out.print(f"No collections in {url or db}.")
     for item in infos:
-        table = Table(title=f"Collection {item.name!r}", show_header=False, title_justify="left")
-        table.add_column("key")
-        table.add_column("value", overflow="fold")
-        table.add_row("records (chunks)", str(item.records))
-        table.add_row("documents", str(item.documents))
-        table.add_row("space", str(item.space))
-        for key, value in (item.identity or {"identity": "(none: not a kvemb-rag collection)"}).items():
-            table.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
-        out.print(table)
+        out.print(collection_table(item))
 
 
 # ------------------------------------------------------------------------------------------ layers
@@ -505,7 +359,7 @@ def _plot_curve(curve: Sequence[float], chosen: Sequence[int], skipped: int, mod
     try:
         import matplotlib
     except ImportError as exc:
-        raise UserError(
+        raise ConfigError(
             'Plotting needs matplotlib: pip install "kvemb-rag[eval]" (or pip install matplotlib).'
         ) from exc
     matplotlib.use("Agg")
@@ -529,30 +383,18 @@ def _plot_curve(curve: Sequence[float], chosen: Sequence[int], skipped: int, mod
 
 @app.command()
 def layers(
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help=f"Hub name, folder, .gguf file or bundled model; default $KVEMB_MODEL or {DEFAULT_MODEL}.",
-        ),
-    ] = None,
+    model: ModelOption = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot of the curve here.")] = None,
-    max_length: Annotated[
-        int | None, typer.Option("--max-length", help="Token limit (default: engine's).")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    max_length: MaxLengthOption = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the intrinsic-dimension curve per layer and the layers KV-Embedding re-routes."""
     from kvemb_rag.engine.embedder import KVEmbedder
 
     with _user_errors():
-        name = model_argument(model or default_model())
-        kwargs: dict[str, Any] = {"max_length": max_length}
-        if device is not None:
-            kwargs["device"] = device
-        embedder = KVEmbedder(name, strategy="kv", layers="auto", **kwargs)
+        name = resolve_model(model or default_model())
+        embedder = KVEmbedder(name, strategy="kv", layers="auto", **_given(max_length=max_length, device=device))
         selection = embedder.select_layers()
         curve = list(selection.id_curve)
         chosen = list(embedder.layers)
@@ -570,16 +412,7 @@ def layers(
         }
         print(json.dumps({**record, "ignored_layers": list(range(skipped))}, indent=2))
     else:
-        table = Table(title=f"Intrinsic dimension per layer: {name}", title_justify="left")
-        table.add_column("layer", justify="right")
-        table.add_column("ID", justify="right")
-        table.add_column("")
-        for i, value in enumerate(curve):
-            notes = ["re-routed"] if i in chosen else []
-            notes += ["ID-minimum window"] if i in id_window else []
-            notes += [f"ignored by the ID rule (first {fraction:.0%})"] if i < skipped else []
-            table.add_row(str(i), "nan" if math.isnan(value) else f"{value:.2f}", ", ".join(notes))
-        out.print(table)
+        out.print(layers_table(curve, chosen, id_window, skipped, fraction, name))
         out.print(f"Re-routed layers ({embedder.config.selection.rule} rule): {chosen}; ID-minimum window: {id_window}")
     if plot is not None:
         err.print(f"Plot written to {plot}")
@@ -590,7 +423,7 @@ def _comma_list(values: Sequence[str] | None, option: str) -> list[str]:
     """Repeated and comma-separated option values as one list (``-s kv,last -s mean``)."""
     items = [item.strip() for value in values or () for item in value.split(",")]
     if any(not item for item in items):
-        raise UserError(f"{option} has an empty item in {list(values or ())!r}; separate values with single commas.")
+        raise ConfigError(f"{option} has an empty item in {list(values or ())!r}; separate values with single commas.")
     return items
 
 
@@ -600,7 +433,7 @@ def _positive_int(value: str, option: str) -> int:
     except ValueError:
         number = 0
     if number < 1:
-        raise UserError(f"{option} takes positive integers (e.g. 256,512); got {value!r}.")
+        raise ConfigError(f"{option} takes positive integers (e.g. 256,512); got {value!r}.")
     return number
 
 
@@ -641,8 +474,8 @@ def evaluate(
         ),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="qrels split of the retrieval folders.")] = "test",
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Texts per forward pass.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")] = None,
+    batch_size: BatchSizeOption = None,
+    device: DeviceOption = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the records as JSON here.")
     ] = None,
@@ -655,7 +488,7 @@ def evaluate(
         try:
             from kvemb_rag.evaluation import markdown_table, run_evaluation, write_results_json
         except ImportError as exc:
-            raise UserError(
+            raise ConfigError(
                 f'The evaluation harness needs extra packages ({exc.name}): pip install "kvemb-rag[eval]".'
             ) from exc
         kwargs: dict[str, Any] = {}
@@ -663,14 +496,14 @@ def evaluate(
         if lengths:
             kwargs["max_lengths"] = tuple(_positive_int(v, "--max-lengths") for v in lengths)
         records = run_evaluation(
-            [model_argument(m) for m in (model or [default_model()])],
+            [resolve_model(m) for m in (model or [default_model()])],
             tuple(_comma_list(strategy, "--strategies") or ("kv",)),
             sts=sts or (),
             retrieval=retrieval or (),
             classification=classification or (),
             clustering=clustering or (),
             long_docs=long_docs or (),
-            engine_kwargs={"device": device} if device else None,
+            engine_kwargs=_given(device=device) or None,
             split=split,
             batch_size=batch_size,
             plot_dir=plot_dir,

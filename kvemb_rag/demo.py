@@ -24,12 +24,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kvemb_rag.cli import hits_table, model_argument, summary_table
 from kvemb_rag.engine.embedder import KVEmbedder
 from kvemb_rag.engine.loader import load_causal_lm
 from kvemb_rag.engine.models import default_model
-from kvemb_rag.sources import Document
-from kvemb_rag.store import EmbedderMismatchError, Hit, KVStore
+from kvemb_rag.errors import DataNotFoundError
+from kvemb_rag.store import Document, EmbedderMismatchError, Hit, KVStore, resolve_model
+from kvemb_rag.tables import hits_table, summary_table
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -77,7 +77,7 @@ def project_documents(root: Path = _ROOT) -> list[Document]:
             rel = path.relative_to(root).as_posix()
             documents.append(Document(rel, text, {"path": rel}, _SOURCE))
     if not documents:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"No README.md or docs/*.md under {root}; run the demo from a source checkout of kvemb-rag."
         )
     return documents
@@ -132,7 +132,7 @@ def main() -> None:
     """Run the demo: one model for embedding and generation, similarity matrix, index, searches, answer."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
-    model = model_argument(default_model())
+    model = resolve_model(default_model())
     console.print(f"[bold]kvemb-rag demo[/bold] -- model {model}")
     llm, tokenizer = load_causal_lm(model)
     embedder = KVEmbedder.from_model(llm, tokenizer)  # the same weights embed and generate

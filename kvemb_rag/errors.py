@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataNotFoundError",
     "InputError",
     "KVEmbError",
     "ModelLoadError",
@@ -48,3 +49,7 @@ class ModelNotFoundError(ModelLoadError, FileNotFoundError):
 
 class UnsupportedModelError(KVEmbError, ValueError):
     """A model KV-Embedding cannot run on: an encoder, an unverified or unroutable architecture, a slow tokenizer."""
+
+
+class DataNotFoundError(KVEmbError, FileNotFoundError):
+    """A data file or folder the call reads (a dataset, the documents to index) does not exist."""

@@ -1,8 +1,8 @@
-"""Documents and the files they come from: ``.txt``, ``.md`` and ``.jsonl`` readers for indexing.
+"""The files documents come from: ``.txt``, ``.md`` and ``.jsonl`` readers for indexing.
 
-A :class:`Document` is what :class:`kvemb_rag.store.KVStore` indexes: a stable id, its text, flat user
-metadata and the *source* it belongs to (the unit that :meth:`~kvemb_rag.store.KVStore.sync_documents`
-mirrors). :func:`read_path` turns one path given on the command line into documents:
+:func:`read_path` turns one path given on the command line into :class:`kvemb_rag.store.Document` objects
+(the store's unit of indexing; their *source* is the unit :meth:`~kvemb_rag.store.KVStore.sync_documents`
+mirrors):
 
 * a folder is walked recursively (sorted, hidden files and folders skipped); its supported files are read;
 * ``.txt`` / ``.md`` files are one document each, with id = the path relative to the indexed root (POSIX
@@ -14,10 +14,16 @@ mirrors). :func:`read_path` turns one path given on the command line into docume
 * unreadable files, binary files (a NUL byte, or not UTF-8), empty files and bad JSONL lines are skipped
   with a warning and reported in :attr:`SourceRead.skipped`; files with other suffixes are ignored.
 
+:func:`read_paths` reads several paths with the rules of ``kvemb index`` (all missing paths named at once;
+a file reached through two paths refused), and :func:`sync_reads` synchronises them into a store.
+
 Example:
     >>> read = read_path("docs")  # doctest: +SKIP
     >>> [d.id for d in read.documents]  # doctest: +SKIP
     ['engine-api.md', 'method.md']
+    >>> store.embedder = indexing_embedder(store)  # the collection's, else the default  # doctest: +SKIP
+    >>> sync_reads(store, read_paths(["docs", "README.md"])).added  # doctest: +SKIP
+    5
 """
 
 from __future__ import annotations
@@ -25,40 +31,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kvemb_rag.errors import KVEmbError
+from kvemb_rag.store.documents import RESERVED_METADATA_KEYS, Document, SkippedFile
+from kvemb_rag.store.records import IndexSummary, ProgressCallback
+from kvemb_rag.store.sync import sync_sources
 
-__all__ = [
-    "RESERVED_METADATA_KEYS",
-    "SUPPORTED_SUFFIXES",
-    "Document",
-    "SkippedFile",
-    "SourceError",
-    "SourceRead",
-    "read_path",
-]
+if TYPE_CHECKING:
+    from kvemb_rag.store import KVStore
+    from kvemb_rag.store.distributed import RayIndexConfig
+
+__all__ = ["SUPPORTED_SUFFIXES", "SourceError", "SourceRead", "read_path", "read_paths", "sync_reads"]
 
 logger = logging.getLogger(__name__)
 
 #: File suffixes :func:`read_path` reads (lower-case); other files in a folder are ignored.
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".txt", ".md", ".jsonl")
-
-#: Metadata keys the store writes on every record; user metadata may not use them (see :class:`Document`).
-RESERVED_METADATA_KEYS: tuple[str, ...] = (
-    "doc_id",
-    "chunk_index",
-    "start",
-    "end",
-    "n_tokens",
-    "n_chunks",
-    "source",
-    "content_hash",
-    "json_keys",
-)
 
 # Bytes sniffed for a NUL byte before decoding: a cheap, reliable sign of a binary file.
 _SNIFF_BYTES = 8192
@@ -66,65 +58,6 @@ _SNIFF_BYTES = 8192
 
 class SourceError(KVEmbError, ValueError):
     """A path given to index cannot be used at all (missing, or a folder without supported files)."""
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document to index.
-
-    Attributes:
-        id: Stable, unique document id (e.g. a path relative to the indexed folder).
-        text: The full text; must contain something other than whitespace.
-        metadata: Flat user metadata (string keys, none of :data:`RESERVED_METADATA_KEYS`). Values that are
-            not ``str``/``int``/``float``/``bool`` are JSON-encoded by the store and decoded in search hits.
-        source: The source this document belongs to (e.g. the indexed folder); ``None`` when it is not
-            part of a synchronised source.
-    """
-
-    id: str
-    text: str
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    source: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(
-                f"Document id must be a non-empty str; got {self.id!r}. Give each document an id."
-            )
-        if not isinstance(self.text, str):
-            raise TypeError(
-                f"Document {self.id!r}: text must be a str, got {type(self.text).__name__}. Decode it first."
-            )
-        if not self.text.strip():
-            raise ValueError(
-                f"Document {self.id!r} is empty or whitespace-only; there is nothing to embed. Leave it out."
-            )
-        if not isinstance(self.metadata, Mapping):
-            raise TypeError(
-                f"Document {self.id!r}: metadata must be a mapping, got {type(self.metadata).__name__}."
-            )
-        bad = [k for k in self.metadata if not isinstance(k, str) or not k]
-        if bad:
-            raise ValueError(f"Document {self.id!r}: metadata keys must be non-empty str; got {bad!r}.")
-        reserved = sorted(set(self.metadata) & set(RESERVED_METADATA_KEYS))
-        if reserved:
-            raise ValueError(
-                f"Document {self.id!r}: metadata keys {reserved} are reserved for the store's own fields "
-                f"({', '.join(RESERVED_METADATA_KEYS)}); rename them, e.g. 'meta_{reserved[0]}'."
-            )
-        if self.source is not None and (not isinstance(self.source, str) or not self.source):
-            raise ValueError(
-                f"Document {self.id!r}: source must be None or a non-empty str; got {self.source!r}."
-            )
-        object.__setattr__(self, "metadata", dict(self.metadata))
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file (or a ``file:line`` of a JSONL file) that was not indexed, and why."""
-
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -284,3 +217,63 @@ def read_path(path: str | os.PathLike[str]) -> SourceRead:
     for item in skipped:
         logger.warning("Skipped %s: %s", item.path, item.reason)
     return SourceRead(source, root, tuple(documents), len(files), tuple(skipped))
+
+
+def read_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[SourceRead, ...]:
+    """Read several paths (as :func:`read_path`), checking them together first.
+
+    Args:
+        paths: Supported files or folders, each becoming one source.
+
+    Returns:
+        One :class:`SourceRead` per path, in order.
+
+    Raises:
+        SourceError: Some paths do not exist (all are named), a path cannot be read (see :func:`read_path`),
+            or one file is reached through two of the paths (a folder and a file in it), which would store
+            it twice.
+    """
+    given = [Path(p) for p in paths]
+    missing = [str(p) for p in given if not p.exists()]
+    if missing:
+        raise SourceError(f"Path(s) not found: {', '.join(map(repr, missing))}. Give existing files or folders.")
+    reads = tuple(read_path(p) for p in given)
+    # Documents are identified by source and id, so two folders may both hold README.md; but one file
+    # reached through two given paths would be stored twice.
+    owners: dict[str, str] = {}
+    for read in reads:
+        for doc in read.documents:
+            file = str(doc.metadata.get("path", doc.id))
+            first = owners.setdefault(file, read.source)
+            if first != read.source:
+                raise SourceError(
+                    f"File {file!r} comes from both {first} and {read.source}; give overlapping paths once "
+                    "(the folder, or the files in it)."
+                )
+    return reads
+
+
+def sync_reads(
+    store: KVStore,
+    reads: Sequence[SourceRead],
+    *,
+    overlap: int | None = None,
+    progress: ProgressCallback | None = None,
+    ray: RayIndexConfig | None = None,
+) -> IndexSummary:
+    """Synchronise each read's source in ``store`` (:func:`kvemb_rag.store.sync_sources`): ``kvemb index``.
+
+    Args:
+        store: The store, its embedder set (e.g. :func:`kvemb_rag.store.indexing_embedder`).
+        reads: From :func:`read_paths`; a read without documents leaves its source's stored documents alone.
+        overlap: As in :func:`~kvemb_rag.store.sync_sources` (default: the collection's overlap).
+        progress: As in :func:`~kvemb_rag.store.sync_sources` (over all reads).
+        ray: As in :func:`~kvemb_rag.store.sync_sources`.
+
+    Returns:
+        The run's summary, ``skipped_files`` listing the files and lines the reads skipped.
+    """
+    summary = sync_sources(
+        store, [(read.source, read.documents) for read in reads], overlap=overlap, progress=progress, ray=ray
+    )
+    return replace(summary, skipped_files=tuple(s for read in reads for s in read.skipped))

@@ -85,7 +85,7 @@ def subprocess_env(kvemb_cache_dir: Path) -> dict[str, str]:
 _STORE_WORKER = r"""
 import json, os, signal, sys
 from kvemb_rag import KVEmbedder
-from kvemb_rag.sources import Document
+from kvemb_rag.store import Document
 from kvemb_rag.store import KVStore
 
 spec = json.loads(open(sys.argv[1], encoding="utf-8").read())

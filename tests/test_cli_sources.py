@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kvemb_rag.sources import Document, SourceError, read_path
+from kvemb_rag.sources import SourceError, read_path
+from kvemb_rag.store import Document
 
 
 def test_folder_walk_ids_and_skips(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ import pytest
 from chromadb.config import Settings
 
 from kvemb_rag import KVEmbedder
-from kvemb_rag.sources import Document
 from kvemb_rag.store import (
     CollectionNotFoundError,
+    Document,
     EmbedderMismatchError,
     IncompatibleCollectionError,
     IndexSummary,

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from kvemb_rag import KVEmbedder
-from kvemb_rag.sources import Document
-from kvemb_rag.store import KVStore
+from kvemb_rag.store import Document, KVStore
 from tests.conftest import SIDED_TEMPLATES
 
 _TOPICS = ("cat", "dog", "boat", "rain", "cake", "frog", "king", "moon")

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvemb_rag.errors import ConfigError, DataNotFoundError, InputError
+
 __all__ = [
     "ClassificationData",
     "LabelledTexts",
@@ -51,15 +53,15 @@ class STSData:
     def __post_init__(self) -> None:
         sizes = {len(self.sentences1), len(self.sentences2), len(self.scores)}
         if len(sizes) != 1:
-            raise ValueError(
+            raise InputError(
                 f"{self.name}: sentences1, sentences2 and scores must have equal lengths, got "
                 f"{len(self.sentences1)}, {len(self.sentences2)}, {len(self.scores)}."
             )
         if not self.scores:
-            raise ValueError(f"{self.name}: no sentence pairs.")
+            raise InputError(f"{self.name}: no sentence pairs.")
         bad = [i for i, s in enumerate(self.scores) if not math.isfinite(s)]
         if bad:
-            raise ValueError(f"{self.name}: non-finite scores at rows {bad[:10]}.")
+            raise InputError(f"{self.name}: non-finite scores at rows {bad[:10]}.")
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -87,12 +89,12 @@ class RetrievalData:
 
     def __post_init__(self) -> None:
         if not self.corpus:
-            raise ValueError(f"{self.name}: empty corpus.")
+            raise InputError(f"{self.name}: empty corpus.")
         if not self.qrels:
-            raise ValueError(f"{self.name}: no relevance judgements.")
+            raise InputError(f"{self.name}: no relevance judgements.")
         missing = sorted(set(self.qrels) - set(self.queries))
         if missing:
-            raise ValueError(f"{self.name}: {len(missing)} judged queries have no text, e.g. {missing[:5]}.")
+            raise InputError(f"{self.name}: {len(missing)} judged queries have no text, e.g. {missing[:5]}.")
         unknown = {doc for rels in self.qrels.values() for doc in rels} - set(self.corpus)
         if unknown:
             # Kept, as pytrec_eval keeps them: they count in the ideal DCG and recall denominators.
@@ -109,9 +111,9 @@ class LabelledTexts:
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
-            raise ValueError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels.")
+            raise InputError(f"{self.name}: {len(self.texts)} texts but {len(self.labels)} labels.")
         if not self.texts:
-            raise ValueError(f"{self.name}: no rows.")
+            raise InputError(f"{self.name}: no rows.")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -128,7 +130,7 @@ class ClassificationData:
     def __post_init__(self) -> None:
         unseen = set(self.test.labels) - set(self.train.labels)
         if unseen:
-            raise ValueError(f"{self.name}: test labels never seen in train: {sorted(unseen)[:10]}.")
+            raise InputError(f"{self.name}: test labels never seen in train: {sorted(unseen)[:10]}.")
 
 
 def dataset_name(path: str | Path) -> str:
@@ -139,7 +141,7 @@ def dataset_name(path: str | Path) -> str:
 
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist.")
+        raise DataNotFoundError(f"{path} does not exist.")
     return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").split("\n")]
 
 
@@ -172,7 +174,7 @@ def load_sts(path: str | Path) -> STSData:
     if path.is_dir():
         candidates = sorted(p for p in path.iterdir() if "test" in p.stem and p.suffix in (".csv", ".tsv"))
         if len(candidates) != 1:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{path} must hold exactly one *test*.csv/.tsv STS file, found "
                 f"{[p.name for p in candidates]}; pass the file itself."
             )
@@ -180,7 +182,7 @@ def load_sts(path: str | Path) -> STSData:
     lines = _read_lines(path)
     rows = [(number, line.split("\t")) for number, line in enumerate(lines, start=1) if line.strip()]
     if not rows:
-        raise ValueError(f"{path} is empty.")
+        raise InputError(f"{path} is empty.")
     first = rows[0][1]
     stsb = len(first) >= 7 and _float_or_none(first[4]) is not None
     if not stsb and _float_or_none(first[0]) is None and len(first) == 3:
@@ -197,7 +199,7 @@ def load_sts(path: str | Path) -> STSData:
             pair = fields[1:3]
         if score is None:
             layout = "STS-B (score in field 5, sentences in 6 and 7)" if stsb else "score<TAB>s1<TAB>s2"
-            raise ValueError(f"{path}:{number}: expected the {layout} layout, got {len(fields)} fields: {fields[:7]}.")
+            raise InputError(f"{path}:{number}: expected the {layout} layout, got {len(fields)} fields: {fields[:7]}.")
         s1.append(pair[0])
         s2.append(pair[1])
         scores.append(score)
@@ -206,7 +208,7 @@ def load_sts(path: str | Path) -> STSData:
 
 def _read_jsonl(path: Path) -> list[dict[str, object]]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist.")
+        raise DataNotFoundError(f"{path} does not exist.")
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
@@ -243,7 +245,7 @@ def load_beir(folder: str | Path, split: str = "test") -> RetrievalData:
         if number == 1 and fields[0] == "query-id":
             continue
         if len(fields) != 3 or _float_or_none(fields[2]) is None:
-            raise ValueError(f"{qrels_path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {fields}.")
+            raise InputError(f"{qrels_path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {fields}.")
         qrels.setdefault(fields[0], {})[fields[1]] = int(float(fields[2]))
     all_queries = {str(row["_id"]): str(row["text"]) for row in _read_jsonl(folder / "queries.jsonl")}
     queries = {qid: all_queries[qid] for qid in qrels if qid in all_queries}
@@ -268,13 +270,13 @@ def load_labelled_csv(path: str | Path, name: str | None = None) -> LabelledText
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist.")
+        raise DataNotFoundError(f"{path} does not exist.")
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         label_column = next((c for c in ("category", "label") if c in columns), None)
         if "text" not in columns or label_column is None:
-            raise ValueError(f"{path}: header must have 'text' and 'category' (or 'label') columns, got {columns}.")
+            raise InputError(f"{path}: header must have 'text' and 'category' (or 'label') columns, got {columns}.")
         rows = [(row["text"], row[label_column]) for row in reader]
     return LabelledTexts(
         name or f"{path.parent.name}/{path.stem}",
@@ -318,7 +320,7 @@ def load_clustering(folder: str | Path, split: str = "test") -> LabelledTexts:
 
 def _transcript_text(turns: object, source: Path) -> str:
     if not isinstance(turns, list) or not turns:
-        raise ValueError(f"{source}: 'meeting_transcripts' must be a non-empty list of turns.")
+        raise InputError(f"{source}: 'meeting_transcripts' must be a non-empty list of turns.")
     return "\n".join(f"{turn['speaker']}: {turn['content']}" for turn in turns)
 
 
@@ -327,7 +329,7 @@ def _query_texts(meeting: Mapping[str, object], kinds: Sequence[str]) -> list[tu
     for kind in kinds:
         entries = meeting.get(f"{kind}_query_list") or []
         if not isinstance(entries, list):
-            raise ValueError(f"'{kind}_query_list' must be a list.")
+            raise InputError(f"'{kind}_query_list' must be a list.")
         out.extend((f"{kind}{i}", str(entry["query"])) for i, entry in enumerate(entries))
     return out
 
@@ -357,12 +359,12 @@ def load_qmsum(
     """
     bad = sorted(set(query_types) - {"general", "specific"})
     if bad or not query_types:
-        raise ValueError(f"query_types={list(query_types)!r} is not valid; use 'general' and/or 'specific'.")
+        raise ConfigError(f"query_types={list(query_types)!r} is not valid; use 'general' and/or 'specific'.")
     folder = Path(folder)
     meeting_dir = folder / "meetings" / split
     files = sorted(meeting_dir.glob("*.json")) if meeting_dir.is_dir() else []
     if not files:
-        raise FileNotFoundError(f"no meeting transcripts in {meeting_dir}.")
+        raise DataNotFoundError(f"no meeting transcripts in {meeting_dir}.")
     corpus: dict[str, str] = {}
     meetings: dict[str, dict[str, object]] = {}
     by_transcript: dict[str, str] = {}
@@ -378,7 +380,7 @@ def load_qmsum(
         for number, line in enumerate(_read_jsonl(query_file), start=1):
             text = _transcript_text(line.get("meeting_transcripts"), query_file)
             if text not in by_transcript:
-                raise ValueError(f"{query_file}:{number}: its transcript matches no file in {meeting_dir}.")
+                raise InputError(f"{query_file}:{number}: its transcript matches no file in {meeting_dir}.")
             sources.append((by_transcript[text], line))
     else:
         sources = list(meetings.items())

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kvemb_rag.errors import ConfigError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -126,7 +128,7 @@ class SentenceTransformerEncoder:
         model: SentenceTransformer | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1.")
+            raise ConfigError(f"batch_size={batch_size} must be >= 1.")
         self.path = str(path_or_name)
         self.batch_size = batch_size
         if model is None:
@@ -142,10 +144,10 @@ class SentenceTransformerEncoder:
         native = model.max_seq_length
         if max_length is not None:
             if max_length < 1:
-                raise ValueError(f"max_length={max_length} must be >= 1.")
+                raise ConfigError(f"max_length={max_length} must be >= 1.")
             limit = self.context_size
             if limit is not None and max_length > limit:
-                raise ValueError(
+                raise ConfigError(
                     f"max_length={max_length} exceeds the position embeddings of {self.path!r} ({limit}); "
                     f"use max_length <= {limit}."
                 )
@@ -233,9 +235,9 @@ class SentenceTransformerEncoder:
             ValueError: Unknown ``prompt`` or ``overflow``; over-long texts with ``overflow="error"``.
         """
         if prompt_name not in (None, "query", "document"):
-            raise ValueError(f"prompt_name={prompt_name!r} is not valid; choose one of None, 'query', 'document'.")
+            raise ConfigError(f"prompt_name={prompt_name!r} is not valid; choose one of None, 'query', 'document'.")
         if overflow not in _OVERFLOW_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"overflow={overflow!r} is not valid; choose one of {', '.join(map(repr, _OVERFLOW_MODES))}."
             )
         items = list(texts)
@@ -245,7 +247,7 @@ class SentenceTransformerEncoder:
             return self._encode(items, prompt_name, batch_size, show_progress_bar)
         pieces, owners, weights, split = self._windows(items)
         if overflow == "error" and split:
-            raise ValueError(
+            raise ConfigError(
                 f"texts at indices {split} exceed max_length={self.max_length} tokens; use "
                 "overflow='chunk' or 'truncate'."
             )
@@ -292,7 +294,7 @@ class SentenceTransformerEncoder:
         tokenizer = self._model.tokenizer
         budget = int(self.max_length or tokenizer.model_max_length) - tokenizer.num_special_tokens_to_add(pair=False)
         if budget < 1:
-            raise ValueError(f"max_length={self.max_length} leaves no room for text tokens.")
+            raise ConfigError(f"max_length={self.max_length} leaves no room for text tokens.")
         encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         pieces: list[str] = []
         owners: list[int] = []

@@ -22,6 +22,8 @@ from types import ModuleType
 
 import numpy as np
 
+from kvemb_rag.errors import ConfigError, InputError
+
 __all__ = [
     "ClassificationProtocol",
     "cosine_spearman",
@@ -118,7 +120,7 @@ def mrr_at_k(qrels: Qrels, run: Run, k: int = 10) -> dict[str, float]:
 
 def _mean(values: Mapping[str, float]) -> float:
     if not values:
-        raise ValueError("no judged query appears in the run; nothing to average.")
+        raise InputError("no judged query appears in the run; nothing to average.")
     return float(sum(values.values()) / len(values))
 
 
@@ -177,7 +179,7 @@ def exact_search(
     if len(query_ids) != query_vectors.shape[0] or len(doc_ids) != doc_vectors.shape[0]:
         raise ValueError("query_ids / doc_ids must match the number of vector rows.")
     if top_k < 1:
-        raise ValueError(f"top_k={top_k} must be >= 1.")
+        raise ConfigError(f"top_k={top_k} must be >= 1.")
     docs = np.ascontiguousarray(doc_vectors, dtype=np.float32)  # (N, D)
     fetch = min(top_k + (1 if ignore_identical_ids else 0), docs.shape[0])
     results: dict[str, dict[str, float]] = {}
@@ -237,11 +239,11 @@ class ClassificationProtocol:
 
     def __post_init__(self) -> None:
         if self.n_experiments < 1:
-            raise ValueError(f"n_experiments={self.n_experiments} must be >= 1.")
+            raise ConfigError(f"n_experiments={self.n_experiments} must be >= 1.")
         if self.samples_per_label is not None and self.samples_per_label < 1:
-            raise ValueError(f"samples_per_label={self.samples_per_label} must be >= 1 or None (whole split).")
+            raise ConfigError(f"samples_per_label={self.samples_per_label} must be >= 1 or None (whole split).")
         if self.max_iter < 1:
-            raise ValueError(f"max_iter={self.max_iter} must be >= 1.")
+            raise ConfigError(f"max_iter={self.max_iter} must be >= 1.")
 
     def training_subsets(self, labels: Sequence[str]) -> list[list[int]]:
         """The training row indices of each experiment, drawn exactly as MTEB's ``_undersample_data``.
@@ -336,7 +338,7 @@ def kmeans_v_measure(vectors: np.ndarray, labels: Sequence[str], *, seed: int = 
 
     n_clusters = len(set(labels))
     if n_clusters < 2:
-        raise ValueError(f"clustering needs at least 2 labels, got {n_clusters}.")
+        raise InputError(f"clustering needs at least 2 labels, got {n_clusters}.")
     model = cluster.KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed)
     predicted = model.fit_predict(np.asarray(vectors, dtype=np.float32))
     return float(v_measure_score(list(labels), predicted))

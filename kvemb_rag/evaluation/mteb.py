@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kvemb_rag.errors import ConfigError
 from kvemb_rag.evaluation.encoders import SENTENCE_TRANSFORMERS_STRATEGY, Encoder, load_encoder
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class MTEBEncoder:
             return np.asarray(self.encoder.encode_query(texts, **options), dtype=np.float32)
         if side in (None, "document"):
             return np.asarray(self.encoder.encode_document(texts, **options), dtype=np.float32)
-        raise ValueError(f"prompt_type={prompt_type!r} is not valid; expected query, document or None.")
+        raise ConfigError(f"prompt_type={prompt_type!r} is not valid; expected query, document or None.")
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """Cosine similarity matrix ``(n1, n2)``."""

@@ -13,6 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from kvemb_rag.engine.config import STRATEGIES
+from kvemb_rag.errors import ConfigError, InputError
 from kvemb_rag.evaluation import data as eval_data
 from kvemb_rag.evaluation.encoders import (
     SENTENCE_TRANSFORMERS_STRATEGY,
@@ -70,11 +71,11 @@ class Record:
         for field_name in ("model", "strategy", "task", "dataset", "metric"):
             value = getattr(self, field_name)
             if not isinstance(value, str) or not value:
-                raise ValueError(f"Record.{field_name} must be a non-empty str, got {value!r}.")
+                raise InputError(f"Record.{field_name} must be a non-empty str, got {value!r}.")
         if self.task not in TASKS:
-            raise ValueError(f"Record.task={self.task!r} is not valid; choose one of {', '.join(TASKS)}.")
+            raise InputError(f"Record.task={self.task!r} is not valid; choose one of {', '.join(TASKS)}.")
         if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
-            raise ValueError(f"Record.value must be a finite number, got {self.value!r}.")
+            raise InputError(f"Record.value must be a finite number, got {self.value!r}.")
         object.__setattr__(self, "value", float(self.value))
 
     def to_dict(self) -> dict[str, str | float]:
@@ -86,7 +87,7 @@ class Record:
         """Inverse of :meth:`to_dict` (unknown keys are an error)."""
         expected = {"model", "strategy", "task", "dataset", "metric", "value"}
         if set(data) != expected:
-            raise ValueError(f"a record needs exactly the keys {sorted(expected)}, got {sorted(data)}.")
+            raise InputError(f"a record needs exactly the keys {sorted(expected)}, got {sorted(data)}.")
         return cls(**data)
 
 
@@ -110,7 +111,7 @@ def read_results_json(path: str | Path) -> list[Record]:
     """Read records written by :func:`write_results_json`."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}.")
+        raise InputError(f"{path}: expected a JSON list of records, got {type(data).__name__}.")
     return [Record.from_dict(item) for item in data]
 
 
@@ -173,9 +174,9 @@ def plot_long_documents(records: Sequence[Record], path: str | Path, *, dataset:
     points = [r for r in records if r.task == "long-docs" and (dataset is None or r.dataset == dataset)]
     datasets = sorted({r.dataset for r in points})
     if not points:
-        raise ValueError(f"no long-docs records{f' for {dataset!r}' if dataset else ''} to plot.")
+        raise InputError(f"no long-docs records{f' for {dataset!r}' if dataset else ''} to plot.")
     if len(datasets) > 1:
-        raise ValueError(f"records cover several long-document datasets {datasets}; pass dataset=...")
+        raise ConfigError(f"records cover several long-document datasets {datasets}; pass dataset=...")
     series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     for r in points:
         _, mode, length = r.metric.split("/")
@@ -310,7 +311,7 @@ def run_evaluation(
         >>> print(markdown_table(records))  # doctest: +SKIP
     """
     if not models:
-        raise ValueError("no models given.")
+        raise ConfigError("no models given.")
     engine = dict(engine_kwargs or {})
     data = _Datasets(
         tuple(eval_data.load_sts(p) for p in sts),
@@ -320,15 +321,15 @@ def run_evaluation(
         tuple(eval_data.load_qmsum(p, long_docs_split) for p in long_docs),
     )
     if data.count() == 0:
-        raise ValueError("no datasets given; pass sts=, retrieval=, classification=, clustering= or long_docs=.")
+        raise ConfigError("no datasets given; pass sts=, retrieval=, classification=, clustering= or long_docs=.")
     jobs = _encoders(models, strategies)
     if not jobs:
-        raise ValueError("no strategies given for the decoder models; pass e.g. strategies=('kv',).")
+        raise ConfigError("no strategies given for the decoder models; pass e.g. strategies=('kv',).")
     unknown = sorted({s for _, s, _ in jobs} - set(STRATEGIES) - {SENTENCE_TRANSFORMERS_STRATEGY})
     if unknown:
-        raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}.")
+        raise ConfigError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}.")
     if any(length < 1 for length in max_lengths):
-        raise ValueError(f"max_lengths must be positive, got {list(max_lengths)}.")
+        raise ConfigError(f"max_lengths must be positive, got {list(max_lengths)}.")
     encode_kwargs: dict[str, Any] = {"show_progress_bar": progress}
     if batch_size is not None:
         encode_kwargs["batch_size"] = batch_size

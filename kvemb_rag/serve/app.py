@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kvemb_rag.errors import ConfigError
 from kvemb_rag.serve.batcher import MicroBatcher
 from kvemb_rag.serve.config import ServeLimits
 from kvemb_rag.serve.schema import APIError, EmbeddingRequest, check_inputs, error_body
@@ -79,9 +80,9 @@ def create_app(
     limits = limits or ServeLimits()
     name = model_name or embedder.config.model
     if not isinstance(name, str) or not name:
-        raise ValueError(f"model_name must be a non-empty str; got {model_name!r}.")
+        raise ConfigError(f"model_name must be a non-empty str; got {model_name!r}.")
     if api_key is not None and not api_key:
-        raise ValueError("api_key is empty; give a non-empty key, or None for no authentication.")
+        raise ConfigError("api_key is empty; give a non-empty key, or None for no authentication.")
     created = int(time.time())
     dim = embedder.dim
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvemb_rag.errors import ConfigError
+
 __all__ = ["BatcherStats", "MicroBatcher"]
 
 logger = logging.getLogger(__name__)
@@ -59,9 +61,9 @@ class MicroBatcher:
 
     def __init__(self, encode: EncodeFn, *, max_batch: int = 64, max_wait_ms: float = 5.0) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be an int >= 1; got {max_batch!r}.")
+            raise ConfigError(f"max_batch must be an int >= 1; got {max_batch!r}.")
         if not max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms must be >= 0; got {max_wait_ms!r}.")
+            raise ConfigError(f"max_wait_ms must be >= 0; got {max_wait_ms!r}.")
         self._encode = encode
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvemb_rag.errors import ConfigError
+
 __all__ = ["ServeLimits"]
 
 
@@ -33,10 +35,10 @@ class ServeLimits:
         for name in ("max_inputs", "max_tokens_per_input", "max_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ServeLimits.{name} must be an int >= 1; got {value!r}.")
+                raise ConfigError(f"ServeLimits.{name} must be an int >= 1; got {value!r}.")
         wait = self.max_wait_ms
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 10_000:
-            raise ValueError(
+            raise ConfigError(
                 f"ServeLimits.max_wait_ms must be a number of milliseconds in [0, 10000]; got {wait!r} "
                 "(a few ms is typical: 0 runs each engine call as soon as the previous one ends)."
             )

@@ -29,7 +29,7 @@ keys listed in ``json_keys``).
 Example:
     >>> from kvemb_rag import KVEmbedder
     >>> from kvemb_rag.store import KVStore
-    >>> from kvemb_rag.sources import Document
+    >>> from kvemb_rag.store import Document
     >>> store = KVStore("index-dir", embedder=KVEmbedder("Qwen/Qwen3-0.6B"))  # doctest: +SKIP
     >>> store.add_documents([Document("a", "Cats purr."), Document("b", "Rust is fast.")])  # doctest: +SKIP
     >>> store.query("Which animal purrs?", k=1)[0].doc_id  # doctest: +SKIP
@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from kvemb_rag.engine.identity import canonical_json
-from kvemb_rag.sources import Document
+from kvemb_rag.errors import ConfigError, InputError
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
     _FORMAT_KEY,
@@ -61,6 +61,7 @@ from kvemb_rag.store.collection_io import (
     _recorded_int,
     _slices,
 )
+from kvemb_rag.store.documents import RESERVED_METADATA_KEYS, Document, SkippedFile
 from kvemb_rag.store.errors import (
     CollectionNotFoundError,
     EmbedderMismatchError,
@@ -79,6 +80,7 @@ from kvemb_rag.store.records import (
     ProgressCallback,
     _meta_key,
 )
+from kvemb_rag.store.sync import indexing_embedder, resolve_model, sync_sources
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,6 +93,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_COLLECTION",
     "DEFAULT_PATH",
+    "RESERVED_METADATA_KEYS",
     "CollectionInfo",
     "CollectionNotFoundError",
     "DocKey",
@@ -103,8 +106,12 @@ __all__ = [
     "KVStore",
     "KVStoreError",
     "ProgressCallback",
+    "SkippedFile",
     "embedder_from_identity",
     "identity_differences",
+    "indexing_embedder",
+    "resolve_model",
+    "sync_sources",
 ]
 
 logger = logging.getLogger(__name__)
@@ -171,14 +178,14 @@ class KVStore:
             name for name, value in (("path", path), ("url", url), ("client", client)) if value is not None
         ]
         if len(given) > 1:
-            raise ValueError(f"Give at most one of path, url or client; got {' and '.join(given)}.")
+            raise ConfigError(f"Give at most one of path, url or client; got {' and '.join(given)}.")
         if headers is not None and url is None:
-            raise ValueError("headers= only applies to a Chroma server; give url='http://host:port' too.")
+            raise ConfigError("headers= only applies to a Chroma server; give url='http://host:port' too.")
         self._check_overlap(overlap)
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < _MIN_CHUNK_SIZE
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"chunk_size must be None (the collection's, else {DEFAULT_CHUNK_SIZE}) or an int >= "
                 f"{_MIN_CHUNK_SIZE} (tokens per chunk, template included); got {chunk_size!r}."
             )
@@ -187,9 +194,9 @@ class KVStore:
             or not isinstance(write_batch_size, int)
             or write_batch_size < 1
         ):
-            raise ValueError(f"write_batch_size must be an int >= 1; got {write_batch_size!r}.")
+            raise ConfigError(f"write_batch_size must be an int >= 1; got {write_batch_size!r}.")
         if not isinstance(collection, str) or not collection:
-            raise ValueError(f"collection must be a non-empty str; got {collection!r}.")
+            raise ConfigError(f"collection must be a non-empty str; got {collection!r}.")
         import chromadb
 
         self._owns_client = client is None
@@ -243,7 +250,7 @@ class KVStore:
     @staticmethod
     def _check_overlap(overlap: int) -> None:
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"overlap must be an int >= 0 (tokens); got {overlap!r}. Use 0 for contiguous chunks."
             )
 
@@ -313,7 +320,7 @@ class KVStore:
         """This run's chunk size: the store's, else the collection's, else the default (within max_length)."""
         if self.chunk_size is not None:
             if self.chunk_size > embedder.max_length:
-                raise ValueError(
+                raise ConfigError(
                     f"chunk_size={self.chunk_size} exceeds the embedder's max_length={embedder.max_length}; use a "
                     "chunk_size <= max_length, or an embedder with a larger max_length."
                 )
@@ -420,7 +427,7 @@ class KVStore:
 
     def _require_embedder(self) -> KVEmbedder:
         if self.embedder is None:
-            raise ValueError(
+            raise ConfigError(
                 "This KVStore has no embedder. Pass KVStore(..., embedder=KVEmbedder(model)) or call "
                 "store.load_embedder() to rebuild the one recorded in the collection."
             )
@@ -548,11 +555,11 @@ class KVStore:
     def _of_source(documents: Iterable[Document], source: str) -> list[Document]:
         """``documents`` with ``source`` set (refusing documents of another source)."""
         if not isinstance(source, str) or not source:
-            raise ValueError(f"source must be a non-empty str; got {source!r}.")
+            raise ConfigError(f"source must be a non-empty str; got {source!r}.")
         docs: list[Document] = []
         for doc in documents:
             if doc.source not in (None, source):
-                raise ValueError(
+                raise InputError(
                     f"Document {doc.id!r} belongs to source {doc.source!r}, not {source!r}; sync each source "
                     "separately."
                 )
@@ -630,9 +637,9 @@ class KVStore:
             ValueError: ``k`` < 1, an empty query, or no embedder.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an int >= 1; got {k!r}.")
+            raise ConfigError(f"k must be an int >= 1; got {k!r}.")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"The query must be a non-empty string; got {text!r}.")
+            raise InputError(f"The query must be a non-empty string; got {text!r}.")
         col = self._require_collection()
         self._check_embedder(col)
         total = col.count()

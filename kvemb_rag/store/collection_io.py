@@ -8,7 +8,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from kvemb_rag.sources import RESERVED_METADATA_KEYS, Document
+from kvemb_rag.errors import ConfigError
+from kvemb_rag.store.documents import RESERVED_METADATA_KEYS, Document
 
 # Collection-metadata keys written by the store.
 _IDENTITY_KEY = "kvemb_identity"
@@ -36,13 +37,13 @@ def _make_settings() -> Any:
 def _parse_url(url: str) -> tuple[str, int, bool]:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(
+        raise ConfigError(
             f"url={url!r} is not a Chroma server address; use http://HOST:PORT (e.g. http://localhost:8000)."
         )
     try:
         port = parsed.port
     except ValueError as exc:
-        raise ValueError(f"url={url!r} has an invalid port; use http://HOST:PORT.") from exc
+        raise ConfigError(f"url={url!r} has an invalid port; use http://HOST:PORT.") from exc
     ssl = parsed.scheme == "https"
     return parsed.hostname, port if port is not None else (443 if ssl else 8000), ssl
 

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kvemb_rag.engine.identity import IDENTITY_SETTINGS
-from kvemb_rag.sources import Document
+from kvemb_rag.errors import ConfigError
+from kvemb_rag.store.documents import Document
 from kvemb_rag.store.errors import EmbedderMismatchError, embedder_from_identity, identity_differences
 from kvemb_rag.store.indexing import BulkEmbed, index_documents
 from kvemb_rag.store.records import IndexSummary, ProgressCallback, _Pending
@@ -78,13 +79,13 @@ class RayIndexConfig:
         for name in ("actors", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"RayIndexConfig.{name} must be an int >= 1; got {value!r}.")
+                raise ConfigError(f"RayIndexConfig.{name} must be an int >= 1; got {value!r}.")
         for name in ("num_cpus", "num_gpus"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"RayIndexConfig.{name} must be a number >= 0; got {value!r}.")
+                raise ConfigError(f"RayIndexConfig.{name} must be a number >= 0; got {value!r}.")
         if self.num_cpus == 0 and self.num_gpus == 0:
-            raise ValueError("RayIndexConfig needs num_cpus > 0 or num_gpus > 0 per actor; both are 0.")
+            raise ConfigError("RayIndexConfig needs num_cpus > 0 or num_gpus > 0 per actor; both are 0.")
 
 
 class EmbedActor:

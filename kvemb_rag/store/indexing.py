@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from kvemb_rag.sources import Document
+from kvemb_rag.errors import InputError
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
     _OVERLAP_KEY,
@@ -23,6 +23,7 @@ from kvemb_rag.store.collection_io import (
     _recorded_int,
     _slices,
 )
+from kvemb_rag.store.documents import Document
 from kvemb_rag.store.records import (
     DocKey,
     IndexProgress,
@@ -83,7 +84,7 @@ def index_documents(
     if not_documents:
         raise TypeError(
             f"documents[{not_documents[0]}] is a {type(docs[not_documents[0]]).__name__}; pass "
-            "kvemb_rag.sources.Document objects."
+            "kvemb_rag.store.Document objects."
         )
     counts: dict[DocKey, int] = {}
     for doc in docs:
@@ -91,7 +92,7 @@ def index_documents(
     dupes = sorted((key for key, n in counts.items() if n > 1), key=lambda k: (k[0] or "", k[1]))
     if dupes:
         shown = [doc_id if source is None else f"{doc_id} (source {source})" for source, doc_id in dupes[:10]]
-        raise ValueError(
+        raise InputError(
             f"Duplicate document ids in one call: {shown}; ids must be unique within a source."
         )
     embedder = store._require_embedder()

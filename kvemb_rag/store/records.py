@@ -6,7 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kvemb_rag.sources import Document, SkippedFile
+from kvemb_rag.errors import ConfigError
+from kvemb_rag.store.documents import Document, SkippedFile
 
 __all__ = ["CollectionInfo", "DocKey", "Hit", "IndexProgress", "IndexSummary", "ProgressCallback"]
 
@@ -114,11 +115,11 @@ class IndexSummary:
         counts = {k: v for k, v in asdict(self).items() if k not in ("skipped_files", "seconds")}
         bad = {k: v for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
         if bad:
-            raise ValueError(f"IndexSummary counts must be ints >= 0; got {bad}.")
+            raise ConfigError(f"IndexSummary counts must be ints >= 0; got {bad}.")
         if not self.seconds >= 0:
-            raise ValueError(f"IndexSummary seconds must be >= 0; got {self.seconds!r}.")
+            raise ConfigError(f"IndexSummary seconds must be >= 0; got {self.seconds!r}.")
         if self.added + self.unchanged + self.replaced > self.documents:
-            raise ValueError(
+            raise ConfigError(
                 f"IndexSummary: added ({self.added}) + unchanged ({self.unchanged}) + replaced "
                 f"({self.replaced}) exceeds documents ({self.documents})."
             )

@@ -1,0 +1,181 @@
+"""Indexing rules shared by the ``kvemb index`` command and library users: which embedder, which sources.
+
+* :func:`indexing_embedder` picks the embedder to index with: the collection's own (rebuilt from the
+  identity it records) when no model is named, so re-indexing needs no flags; else the named model (or
+  :func:`~kvemb_rag.engine.models.default_model`), a local path made absolute by :func:`resolve_model`.
+* :func:`sync_sources` synchronises several sources in one run: each source's stored documents become
+  exactly the given ones, except that a source given without any document is left as stored (an empty read,
+  e.g. every file skipped, must not wipe it); the chunk overlap defaults to the collection's; progress is
+  reported over all sources together; Ray actors embed when ``ray`` is given.
+
+Reading files into sources (missing paths, a file reached through two given paths) is
+:func:`kvemb_rag.sources.read_paths`; :func:`kvemb_rag.sources.sync_reads` feeds its reads to
+:func:`sync_sources`.
+
+Example:
+    >>> from kvemb_rag.store import Document, KVStore, indexing_embedder, sync_sources
+    >>> store = KVStore(".kvemb/store")  # doctest: +SKIP
+    >>> store.embedder = indexing_embedder(store, model="Qwen/Qwen3-0.6B")  # doctest: +SKIP
+    >>> sync_sources(store, [("notes", [Document("a.md", "Cats purr.")])]).added  # doctest: +SKIP
+    1
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kvemb_rag.errors import ConfigError
+from kvemb_rag.store.documents import Document
+from kvemb_rag.store.records import IndexProgress, IndexSummary, ProgressCallback
+
+if TYPE_CHECKING:
+    from kvemb_rag.engine.embedder import KVEmbedder
+    from kvemb_rag.store import KVStore
+    from kvemb_rag.store.distributed import RayIndexConfig
+
+__all__ = ["indexing_embedder", "resolve_model", "sync_sources"]
+
+logger = logging.getLogger(__name__)
+
+# Synchronises one source: (documents, source, overlap, progress) -> summary.
+_Sync = Callable[[Sequence[Document], str, int, ProgressCallback], IndexSummary]
+
+
+def resolve_model(model: str) -> str:
+    """``model`` as an absolute path when it names an existing local folder or file, else unchanged.
+
+    A collection records the model it was built with; an absolute path keeps that record usable from any
+    working directory. Hub names and bundled model names are returned as given.
+    """
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def indexing_embedder(store: KVStore, model: str | None = None, **overrides: Any) -> KVEmbedder:
+    """The embedder to index into ``store``'s collection with (not set on the store).
+
+    Args:
+        store: The store; its collection's recorded identity is used when ``model`` is ``None``.
+        model: A hub name, local folder, ``.gguf`` file or bundled model. ``None``: the collection's
+            embedder when the collection exists and records one, else
+            :func:`~kvemb_rag.engine.models.default_model`.
+        **overrides: :class:`~kvemb_rag.KVEmbedder` keyword arguments (``strategy``, ``max_length``,
+            ``batch_size``, ``device``...). Applied to the collection's embedder too; a ``strategy`` there
+            re-selects the layers (``layers="auto"``), since the recorded layers belong to the recorded
+            strategy.
+
+    Returns:
+        A new embedder. Indexing with it into a collection built with another embedder raises
+        :class:`~kvemb_rag.store.EmbedderMismatchError`.
+    """
+    from kvemb_rag.engine.embedder import KVEmbedder
+    from kvemb_rag.engine.models import default_model
+    from kvemb_rag.store import embedder_from_identity
+
+    stored = store.identity
+    if model is None and stored is not None:
+        logger.info("Using the collection's embedder: %s", stored.get("model"))
+        if "strategy" in overrides:
+            overrides = {**overrides, "layers": "auto"}
+        return embedder_from_identity(stored, **overrides)
+    return KVEmbedder(resolve_model(model or default_model()), **overrides)
+
+
+def sync_sources(
+    store: KVStore,
+    sources: Iterable[tuple[str, Iterable[Document]]],
+    *,
+    overlap: int | None = None,
+    progress: ProgressCallback | None = None,
+    ray: RayIndexConfig | None = None,
+) -> IndexSummary:
+    """Synchronise several sources, in order: each source's stored documents become the given ones.
+
+    A source given without documents is skipped with a warning and its stored documents are kept (an
+    empty read is more likely a problem, such as every file being unreadable, than a wish to delete).
+
+    Args:
+        store: The store, with its :attr:`~kvemb_rag.store.KVStore.embedder` set (see
+            :func:`indexing_embedder`).
+        sources: ``(source label, documents)`` pairs, each as in
+            :meth:`~kvemb_rag.store.KVStore.sync_documents`. A document file reached through two sources is
+            refused earlier, by :func:`kvemb_rag.sources.read_paths`.
+        overlap: Token overlap between consecutive chunks; default the collection's recorded overlap, else
+            the store's :attr:`~kvemb_rag.store.KVStore.overlap`.
+        progress: Called with an :class:`~kvemb_rag.store.IndexProgress` counting over all sources
+            (``documents_total`` is the documents of every source).
+        ray: Embed with a Ray actor pool (:func:`kvemb_rag.store.distributed.ray_sync_documents`); needs the
+            ``ray`` extra.
+
+    Returns:
+        The sum of the sources' summaries (``skipped_files`` empty: readers add theirs).
+
+    Raises:
+        ConfigError: ``ray`` is given but Ray Data is not installed.
+        EmbedderMismatchError: The collection was built with another embedder.
+        ValueError: As :meth:`~kvemb_rag.store.KVStore.sync_documents` (duplicate ids, a document of
+            another source, a bad ``overlap``...).
+    """
+    batches = [(source, list(documents)) for source, documents in sources]
+    if overlap is None:
+        recorded = store.recorded_overlap
+        overlap = store.overlap if recorded is None else recorded
+    sync = _sync_function(store, ray)
+    total = sum(len(documents) for _, documents in batches)
+    summary = IndexSummary()
+    done = IndexProgress(0, total, 0, 0, 0, 0)  # counts of the sources already synchronised
+    for source, documents in batches:
+        if not documents:
+            logger.warning("No documents from %s; its stored documents are left as they are.", source)
+            continue
+        last = [done]
+
+        def report(event: IndexProgress, before: IndexProgress = done, last: list[IndexProgress] = last) -> None:
+            last[0] = IndexProgress(
+                documents_done=before.documents_done + event.documents_done,
+                documents_total=total,
+                chunks_embedded=before.chunks_embedded + event.chunks_embedded,
+                chunks_to_embed=before.chunks_embedded + event.chunks_to_embed,
+                records_written=before.records_written + event.records_written,
+                write_batches=before.write_batches + event.write_batches,
+            )
+            if progress is not None:
+                progress(last[0])
+
+        result = sync(documents, source, overlap, report)
+        summary = summary + result
+        done = IndexProgress(
+            documents_done=done.documents_done + len(documents),
+            documents_total=total,
+            chunks_embedded=done.chunks_embedded + result.chunks_embedded,
+            chunks_to_embed=done.chunks_embedded + result.chunks_embedded,
+            records_written=done.records_written + result.records_written,
+            write_batches=last[0].write_batches,
+        )
+    return summary
+
+
+def _sync_function(store: KVStore, config: RayIndexConfig | None) -> _Sync:
+    """``sync(documents, source, overlap, progress) -> IndexSummary``, in this process or on Ray actors."""
+    if config is None:
+
+        def local(docs: Sequence[Document], source: str, overlap: int, progress: ProgressCallback) -> IndexSummary:
+            return store.sync_documents(docs, source=source, overlap=overlap, progress=progress)
+
+        return local
+    try:
+        import ray.data  # noqa: F401
+
+        from kvemb_rag.store.distributed import ray_sync_documents
+    except ImportError as exc:
+        raise ConfigError(
+            f'Indexing with Ray needs Ray Data ({exc.name} is missing): pip install "kvemb-rag[ray]".'
+        ) from exc
+
+    def on_ray(docs: Sequence[Document], source: str, overlap: int, progress: ProgressCallback) -> IndexSummary:
+        return ray_sync_documents(store, docs, source=source, config=config, overlap=overlap, progress=progress)
+
+    return on_ray
