@@ -38,6 +38,7 @@ from kvemb_rag.store.records import (
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
 
+    from kvemb_rag.engine.embedder import KVEmbedder
     from kvemb_rag.store import KVStore
 
 __all__ = ["BulkEmbed", "index_documents"]
@@ -102,52 +103,13 @@ def index_documents(
         # Remembered so that a later run without explicit settings chunks the same way.
         kept = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
         col.modify(metadata={**kept, _OVERLAP_KEY: overlap, _CHUNK_SIZE_KEY: chunk_size})
-    run = _Run(col, store._batch_size(), len(docs), progress)
-    queue: list[_Pending] = []
-
-    def flush() -> None:
-        items = queue[: run.batch]
-        del queue[: len(items)]
-        todo = [p for p in items if p.embedding is None]
-        if todo:
-            vectors = embedder.encode_document(
-                [p.text for p in todo], show_progress_bar=False, overflow="error"
-            )  # (n, dim), unit rows
-            for pending, vector in zip(todo, vectors, strict=True):
-                pending.embedding = vector.tolist()
-        run.write(items, embedded=len(todo))
-
-    for _ in _plan_documents(store, run, docs, (chunk_size, overlap), queue):
-        while bulk_embed is None and len(queue) >= run.batch:
-            flush()
+    indexer = _Indexer(store, col, embedder, (chunk_size, overlap), store._batch_size(), len(docs), progress)
     if bulk_embed is None:
-        while queue:
-            flush()
+        indexer.embed_here(docs)
     else:
-        ready = [p for p in queue if p.embedding is not None]  # vectors reused from an older version
-        for part in _slices(ready, run.batch):
-            run.write(list(part), embedded=0)
-        todo = [p for p in queue if p.embedding is None]
-        queue.clear()
-        for embedded in bulk_embed(todo):
-            for part in _slices(embedded, run.batch):
-                run.write(list(part), embedded=len(part))
-        if run.counters.records_written != len(ready) + len(todo):
-            raise RuntimeError(
-                f"The bulk embedder returned {run.counters.records_written - len(ready)} of {len(todo)} records; "
-                "re-run the same command to complete the collection."
-            )
-
-    removed = 0
-    counters = run.counters
-    if sync_source is not None:
-        current = {_doc_key(d) for d in docs}
-        vanished = {k for k in store.document_keys(sync_source) if k not in current}
-        if vanished:
-            stored = store._stored_records(col, [doc_id for _, doc_id in vanished], vanished.__contains__)
-            removed, deleted = store._delete_records(col, stored)
-            counters.records_deleted += deleted
-            logger.info("Removed %d document(s) no longer in %s", removed, sync_source)
+        indexer.embed_elsewhere(docs, bulk_embed)
+    removed = 0 if sync_source is None else indexer.remove_vanished(sync_source, docs)
+    counters = indexer.counters
     summary = IndexSummary(
         documents=len(docs),
         chunks=counters.chunks,
@@ -164,32 +126,154 @@ def index_documents(
     return summary
 
 
-class _Run:
-    """One indexing call's writer: upserts planned records, deletes old versions once complete, reports."""
+class _Indexer:
+    """One indexing call: plans each document, embeds what is missing, writes, deletes old versions, reports.
 
-    def __init__(self, col: Collection, batch: int, documents: int, progress: ProgressCallback | None) -> None:
+    Args:
+        store: The store (for reading stored records by document).
+        col: The collection written to.
+        embedder: Chunks every document and, in :meth:`embed_here`, embeds the chunks.
+        chunking: ``(chunk size, overlap)`` in tokens.
+        batch: Records per write (and per forward pass in :meth:`embed_here`).
+        documents: How many documents the call indexes (for progress).
+        progress: Called after each planned document and each write.
+    """
+
+    def __init__(
+        self,
+        store: KVStore,
+        col: Collection,
+        embedder: KVEmbedder,
+        chunking: tuple[int, int],
+        batch: int,
+        documents: int,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.store = store
         self.col = col
+        self.embedder = embedder
+        self.chunking = chunking
         self.batch = batch
         self.documents = documents
         self.progress = progress
         self.counters = _Counters()
+        self.queue: list[_Pending] = []  # planned records not written yet
 
-    def report(self) -> None:
-        if self.progress is not None:
-            c = self.counters
-            self.progress(
-                IndexProgress(
-                    c.documents_done, self.documents, c.chunks_embedded, c.chunks_to_embed, c.records_written,
-                    c.write_batches,
-                )
+    # ------------------------------------------------------------------------------------ embedding
+    def embed_here(self, docs: Sequence[Document]) -> None:
+        """Plan documents one by one, embedding and writing a batch whenever one is full."""
+        for _ in self._plan(docs):
+            while len(self.queue) >= self.batch:
+                self._flush()
+        while self.queue:
+            self._flush()
+
+    def _flush(self) -> None:
+        items = self.queue[: self.batch]
+        del self.queue[: len(items)]
+        todo = [p for p in items if p.embedding is None]
+        if todo:
+            vectors = self.embedder.encode_document(
+                [p.text for p in todo], show_progress_bar=False, overflow="error"
+            )  # (n, dim), unit rows
+            for pending, vector in zip(todo, vectors, strict=True):
+                pending.embedding = vector.tolist()
+        self._write(items, embedded=len(todo))
+
+    def embed_elsewhere(self, docs: Sequence[Document], bulk_embed: BulkEmbed) -> None:
+        """Plan every document, then have ``bulk_embed`` embed all missing vectors, writing as they come."""
+        for _ in self._plan(docs):
+            pass
+        ready = [p for p in self.queue if p.embedding is not None]  # vectors reused from an older version
+        for part in _slices(ready, self.batch):
+            self._write(list(part), embedded=0)
+        todo = [p for p in self.queue if p.embedding is None]
+        self.queue.clear()
+        for embedded in bulk_embed(todo):
+            for part in _slices(embedded, self.batch):
+                self._write(list(part), embedded=len(part))
+        if self.counters.records_written != len(ready) + len(todo):
+            raise RuntimeError(
+                f"The bulk embedder returned {self.counters.records_written - len(ready)} of {len(todo)} "
+                "records; re-run the same command to complete the collection."
             )
 
-    def delete_ids(self, ids: Sequence[str]) -> None:
-        for part in _slices(ids, self.batch):
-            self.col.delete(ids=list(part))
-        self.counters.records_deleted += len(ids)
+    # ------------------------------------------------------------------------------------- planning
+    def _plan(self, docs: Sequence[Document]) -> Iterator[None]:
+        """Plan each document in turn (queueing what it needs), yielding after each one."""
+        for part in _slices(docs, _LOOKUP_DOCS):
+            # Only the records of these very documents (same source and id): a same-id document of another
+            # source is a different document and is never read as this one's old version.
+            keys = {_doc_key(d) for d in part}
+            by_doc = self.store._stored_records(self.col, [d.id for d in part], keys.__contains__)
+            for doc in part:
+                self._plan_document(doc, by_doc.get(_doc_key(doc), {}))
+                self._report()
+                yield
 
-    def write(self, items: Sequence[_Pending], *, embedded: int) -> None:
+    def _plan_document(self, doc: Document, existing: Mapping[str, Mapping[str, Any]]) -> None:
+        """Classify one document against its stored records and queue the records it still needs."""
+        counters = self.counters
+        chunk_size, overlap = self.chunking
+        encoded, json_keys = _encode_metadata(doc.metadata)
+        key = _content_key(doc, self.chunking, encoded)
+        same = [m for m in existing.values() if m.get("content_hash") == key]
+        if existing and len(same) == len(existing):
+            n_chunks = int(same[0].get("n_chunks", -1))
+            if sorted(int(m.get("chunk_index", -1)) for m in same) == list(range(n_chunks)):
+                counters.unchanged += 1
+                counters.chunks += n_chunks
+                counters.documents_done += 1
+                return
+        chunks = self.embedder.chunk(doc.text, "document", overlap, max_tokens=chunk_size)
+        ids = [_record_id(doc.id, c.index, key) for c in chunks]
+        stale = sorted(set(existing) - set(ids))
+        counters.chunks += len(chunks)
+        if not existing or len(same) == len(existing):
+            counters.added += 1  # new, or resuming an interrupted write of this same version
+        else:
+            counters.replaced += 1
+        missing = [c for c, i in zip(chunks, ids, strict=True) if i not in existing]
+        reusable = self._reusable_vectors(stale) if stale and missing else {}
+        plan = _Plan(stale=stale, remaining=len(missing))
+        base: dict[str, Any] = dict(encoded)
+        if json_keys:
+            base["json_keys"] = json.dumps(json_keys)
+        if doc.source is not None:
+            base["source"] = doc.source
+        for chunk, record_id in zip(chunks, ids, strict=True):
+            if record_id in existing:
+                continue
+            metadata = {
+                **base,
+                "doc_id": doc.id,
+                "chunk_index": chunk.index,
+                "start": chunk.start,
+                "end": chunk.end,
+                "n_tokens": chunk.n_tokens,
+                "n_chunks": len(chunks),
+                "content_hash": key,
+            }
+            vector = reusable.get(chunk.text)
+            if vector is None:
+                counters.chunks_to_embed += 1
+            self.queue.append(_Pending(plan, record_id, chunk.text, metadata, vector))
+        if plan.remaining == 0:
+            self._delete_ids(stale)
+            counters.documents_done += 1
+
+    def _reusable_vectors(self, stale: Sequence[str]) -> dict[str, list[float]]:
+        """Chunks whose text did not change keep their vectors: same embedder, same text, same vector."""
+        old = self.col.get(ids=list(stale), include=["documents", "embeddings"])
+        old_embeddings = old["embeddings"] if old["embeddings"] is not None else []
+        reusable: dict[str, list[float]] = {}
+        for text, vector in zip(old["documents"] or [], old_embeddings, strict=True):
+            if text is not None and vector is not None:
+                reusable[text] = [float(x) for x in vector]
+        return reusable
+
+    # -------------------------------------------------------------------------------------- writing
+    def _write(self, items: Sequence[_Pending], *, embedded: int) -> None:
         """Upsert records whose vectors are set (``embedded`` of them computed in this run)."""
         if not items:
             return
@@ -207,91 +291,33 @@ class _Run:
             pending.plan.remaining -= 1
             if pending.plan.remaining == 0:
                 # The new version is complete: only now drop the old one (a killed run loses no document).
-                self.delete_ids(pending.plan.stale)
+                self._delete_ids(pending.plan.stale)
                 counters.documents_done += 1
-        self.report()
+        self._report()
 
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        for part in _slices(ids, self.batch):
+            self.col.delete(ids=list(part))
+        self.counters.records_deleted += len(ids)
 
-def _plan_documents(
-    store: KVStore, run: _Run, docs: Sequence[Document], chunking: tuple[int, int], queue: list[_Pending]
-) -> Iterator[None]:
-    """Plan each document in turn (appending what it needs to ``queue``), yielding after each one."""
-    for part in _slices(docs, _LOOKUP_DOCS):
-        # Only the records of these very documents (same source and id): a same-id document of another
-        # source is a different document and is never read as this one's old version.
-        keys = {_doc_key(d) for d in part}
-        by_doc = store._stored_records(run.col, [d.id for d in part], keys.__contains__)
-        for doc in part:
-            existing = by_doc.get(_doc_key(doc), {})
-            _plan_document(store, doc, chunking, existing, run.col, queue, run.counters, run.delete_ids)
-            run.report()
-            yield
+    def remove_vanished(self, source: str, docs: Sequence[Document]) -> int:
+        """Delete the stored documents of ``source`` that are not in ``docs``; returns how many."""
+        current = {_doc_key(d) for d in docs}
+        vanished = {k for k in self.store.document_keys(source) if k not in current}
+        if not vanished:
+            return 0
+        stored = self.store._stored_records(self.col, [doc_id for _, doc_id in vanished], vanished.__contains__)
+        removed, deleted = self.store._delete_records(self.col, stored)
+        self.counters.records_deleted += deleted
+        logger.info("Removed %d document(s) no longer in %s", removed, source)
+        return int(removed)
 
-
-def _plan_document(
-    store: KVStore,
-    doc: Document,
-    chunking: tuple[int, int],
-    existing: Mapping[str, Mapping[str, Any]],
-    col: Collection,
-    queue: list[_Pending],
-    counters: _Counters,
-    delete_ids: Callable[[Sequence[str]], None],
-) -> None:
-    """Classify one document and queue the records it still needs."""
-    encoded, json_keys = _encode_metadata(doc.metadata)
-    key = _content_key(doc, chunking, encoded)
-    same = [m for m in existing.values() if m.get("content_hash") == key]
-    if existing and len(same) == len(existing):
-        n_chunks = int(same[0].get("n_chunks", -1))
-        if sorted(int(m.get("chunk_index", -1)) for m in same) == list(range(n_chunks)):
-            counters.unchanged += 1
-            counters.chunks += n_chunks
-            counters.documents_done += 1
-            return
-    embedder = store._require_embedder()
-    chunks = embedder.chunk(doc.text, "document", chunking[1], max_tokens=chunking[0])
-    ids = [_record_id(doc.id, c.index, key) for c in chunks]
-    wanted = set(ids)
-    stale = sorted(set(existing) - wanted)
-    counters.chunks += len(chunks)
-    if not existing or len(same) == len(existing):
-        counters.added += 1  # new, or resuming an interrupted write of this same version
-    else:
-        counters.replaced += 1
-    reusable: dict[str, list[float]] = {}
-    missing = [c for c, i in zip(chunks, ids, strict=True) if i not in existing]
-    if stale and missing:
-        # Chunks whose text did not change keep their vectors: same embedder, same text, same vector.
-        old = col.get(ids=stale, include=["documents", "embeddings"])
-        old_embeddings = old["embeddings"] if old["embeddings"] is not None else []
-        for text, vector in zip(old["documents"] or [], old_embeddings, strict=True):
-            if text is not None and vector is not None:
-                reusable[text] = [float(x) for x in vector]
-    plan = _Plan(stale=stale, remaining=len(missing))
-    base: dict[str, Any] = dict(encoded)
-    if json_keys:
-        base["json_keys"] = json.dumps(json_keys)
-    if doc.source is not None:
-        base["source"] = doc.source
-    for chunk, record_id in zip(chunks, ids, strict=True):
-        if record_id in existing:
-            continue
-        metadata = {
-            **base,
-            "doc_id": doc.id,
-            "chunk_index": chunk.index,
-            "start": chunk.start,
-            "end": chunk.end,
-            "n_tokens": chunk.n_tokens,
-            "n_chunks": len(chunks),
-            "content_hash": key,
-        }
-        vector = reusable.get(chunk.text)
-        if vector is None:
-            counters.chunks_to_embed += 1
-        queue.append(_Pending(plan, record_id, chunk.text, metadata, vector))
-    if plan.remaining == 0:
-        delete_ids(stale)
-        counters.documents_done += 1
-
+    def _report(self) -> None:
+        if self.progress is not None:
+            c = self.counters
+            self.progress(
+                IndexProgress(
+                    c.documents_done, self.documents, c.chunks_embedded, c.chunks_to_embed, c.records_written,
+                    c.write_batches,
+                )
+            )
