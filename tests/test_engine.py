@@ -268,7 +268,11 @@ def test_overflow_error_names_the_text(stories: KVEmbedder) -> None:
 def test_overflow_chunk_is_the_weighted_mean_of_chunks(stories: KVEmbedder) -> None:
     chunks = stories.chunk(LONG)
     assert len(chunks) >= 2 and all(c.n_tokens <= stories.max_length for c in chunks)
-    assert "".join(c.text for c in chunks) == LONG or chunks[-1].end == len(LONG)
+    # No overlap by default: the spans tile the text in order, from 0 to its end, without gap or overlap.
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert [c.start for c in chunks] == [0] + [c.end for c in chunks[:-1]]
+    assert chunks[-1].end == len(LONG)
+    assert all(c.text == LONG[c.start : c.end] for c in chunks)
     per_chunk = stories.encode_document([c.text for c in chunks])
     expected = combine_chunk_vectors(per_chunk, [c.n_tokens for c in chunks])
     np.testing.assert_allclose(stories.encode_document(LONG), expected, atol=1e-5)
