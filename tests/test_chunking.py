@@ -8,6 +8,7 @@ import time
 import unicodedata
 from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -467,7 +468,7 @@ def test_chunk_validates_its_span() -> None:
         Chunk(text="", start=5, end=3, n_tokens=4, index=0)
     with pytest.raises(ValueError, match=">= 0"):
         Chunk(text="ab", start=3, end=5, n_tokens=4, index=-1)
-    with pytest.raises(AttributeError):
+    with pytest.raises(FrozenInstanceError, match="'start'"):
         Chunk(text="ab", start=3, end=5, n_tokens=4, index=0).start = 1  # type: ignore[misc]
 
 

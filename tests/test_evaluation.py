@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -497,7 +498,7 @@ def test_run_evaluation_end_to_end_with_minilm(
 def test_run_evaluation_validates_inputs_before_loading_models(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no datasets"):
         run_evaluation(["some/model"], ["kv"], progress=False)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'missing' / 'corpus.jsonl'} does not exist")):
         run_evaluation(["some/model"], ["kv"], retrieval=[tmp_path / "missing"], progress=False)
     with pytest.raises(ValueError, match="no models"):
         run_evaluation([], ["kv"], sts=[STSB / "sts-test.csv"], progress=False)
