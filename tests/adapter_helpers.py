@@ -15,6 +15,7 @@ from typing import Any
 import pluggy
 import pytest
 
+from kvemb_rag.engine import loader
 from tests.conftest import SIDED_TEMPLATES, TINY_MODEL_DIR, shared_path
 
 # Both adapters' settings for the tiny model, beside its path (the field name differs: model / model_name).
@@ -40,6 +41,20 @@ BLANK_MODEL = r"model='  ': give a hub name"  # what a blank model name is refus
 def tiny_model() -> str:
     """Path of the tiny trained model; skips the calling test or fixture when ../shared is missing."""
     return str(shared_path(TINY_MODEL_DIR))
+
+
+def record_model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Spy on the engine's model loader (the real load still happens): each load appends the model name."""
+    calls: list[str] = []
+    real = loader.load_model
+
+    def spy(name: str, **kwargs: Any) -> loader.LoadedModel:
+        calls.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(loader, "load_model", spy)
+    monkeypatch.setattr("kvemb_rag.engine.embedder.load_model", spy)
+    return calls
 
 
 def record_engine_threads(engine: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -12,7 +12,6 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -49,6 +48,7 @@ from kvemb_rag.evaluation.metrics import (
     retrieval_scores,
 )
 from tests.conftest import shared_path
+from tests.recording_encoder import RecordingEncoder
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +67,15 @@ def minilm() -> SentenceTransformerEncoder:
     return SentenceTransformerEncoder(minilm_path(), device="cpu")
 
 
-class HashEncoder:
+class HashEncoder(RecordingEncoder):
     """A deterministic bag-of-words encoder (no model): enough to exercise the plumbing."""
 
     name = "hash"
 
     def __init__(self, dim: int = 256, max_length: int | None = None) -> None:
+        super().__init__()
         self.dim = dim
         self.max_length = max_length
-        self.calls: list[tuple[str, int, dict[str, Any]]] = []
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -83,14 +83,6 @@ class HashEncoder:
             for word in text.lower().split():
                 out[i, sum(map(ord, word)) * 2654435761 % self.dim] += 1.0
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    def encode_query(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        self.calls.append(("query", len(texts), kwargs))
-        return self._embed(texts)
-
-    def encode_document(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        self.calls.append(("document", len(texts), kwargs))
-        return self._embed(texts)
 
 
 # --------------------------------------------------------------------------------------------- metrics

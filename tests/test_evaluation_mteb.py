@@ -24,30 +24,20 @@ from kvemb_rag.evaluation import (
 )
 from kvemb_rag.evaluation.mteb import MTEBEncoder
 from tests.conftest import shared_path
+from tests.recording_encoder import RecordingEncoder
 
 mteb = pytest.importorskip("mteb")
 
 
-class SideRecorder:
+class SideRecorder(RecordingEncoder):
     """An encoder that records which side was asked for; vectors encode the text length."""
 
     name = "recorder"
     dim = 4
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[str], dict[str, Any]]] = []
-
     def _embed(self, texts: list[str]) -> np.ndarray:
         out = np.array([[len(t), 1.0, 0.0, 0.0] for t in texts], dtype=np.float32)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    def encode_query(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        self.calls.append(("query", list(texts), kwargs))
-        return self._embed(texts)
-
-    def encode_document(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        self.calls.append(("document", list(texts), kwargs))
-        return self._embed(texts)
 
 
 def test_adapter_satisfies_mteb_encoder_protocol() -> None:

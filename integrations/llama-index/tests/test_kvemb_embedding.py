@@ -13,8 +13,14 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.embeddings.kvemb import KVEmbedding
 from pydantic import ValidationError
 
-from kvemb_rag.engine import loader
-from tests.adapter_helpers import ADAPTER_SETTINGS, BLANK_MODEL, INVALID_SETTINGS, record_engine_threads, tiny_model
+from tests.adapter_helpers import (
+    ADAPTER_SETTINGS,
+    BLANK_MODEL,
+    INVALID_SETTINGS,
+    record_engine_threads,
+    record_model_loads,
+    tiny_model,
+)
 from tests.conftest import TINY_MODEL
 
 TEXTS = [
@@ -44,14 +50,7 @@ def test_fields_have_descriptions() -> None:
 
 
 def test_construction_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    real = loader.load_model
-
-    def spy(name: str, **kwargs: Any) -> loader.LoadedModel:
-        calls.append(name)
-        return real(name, **kwargs)
-
-    monkeypatch.setattr("kvemb_rag.engine.embedder.load_model", spy)
+    calls = record_model_loads(monkeypatch)
     model = KVEmbedding(model_name="nobody/not-a-real-model-for-kvemb-tests")
     assert model.to_dict()["model_name"] == "nobody/not-a-real-model-for-kvemb-tests"  # serialisable unloaded
     assert calls == []

@@ -10,8 +10,7 @@ from langchain_kvemb import KVEmbeddings
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 from pydantic import ValidationError
 
-from kvemb_rag.engine import loader
-from tests.adapter_helpers import ADAPTER_SETTINGS, BLANK_MODEL, INVALID_SETTINGS
+from tests.adapter_helpers import ADAPTER_SETTINGS, BLANK_MODEL, INVALID_SETTINGS, record_model_loads
 from tests.conftest import TINY_MODEL as _TINY_MODEL
 
 # Unit tests only construct adapters (lazy: nothing is loaded), so they name the model without needing it.
@@ -32,15 +31,7 @@ class TestKVEmbeddingsStandard(EmbeddingsUnitTests):
 
 
 def test_construction_is_lazy_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    real = loader.load_model
-
-    def spy(name: str, **kwargs: Any) -> loader.LoadedModel:
-        calls.append(name)
-        return real(name, **kwargs)
-
-    monkeypatch.setattr(loader, "load_model", spy)
-    monkeypatch.setattr("kvemb_rag.engine.embedder.load_model", spy)
+    calls = record_model_loads(monkeypatch)
     # A hub name that cannot be reached here: construction must still succeed, since nothing is fetched.
     KVEmbeddings(model="nobody/not-a-real-model-for-kvemb-tests")
     KVEmbeddings(model=TINY_MODEL, layers=[3])
