@@ -1,6 +1,9 @@
 """Shared fixtures: the tiny trained model, a session embedder, offline subprocess env, a Chroma server.
 
 Everything runs offline: ``HF_HUB_OFFLINE=1`` and Chroma telemetry off, here and in every subprocess.
+The tiny model and the data sets live in ``../shared`` beside the repository; a test that needs them reaches
+them through :func:`shared_path` (or the ``tiny_model_path`` fixture), so without ``../shared`` it is
+skipped, with the missing path as the reason, instead of failing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ if TYPE_CHECKING:
     from kvemb_rag import KVEmbedder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = REPO_ROOT.parent / "shared/data/models/stories260K/hf"
+SHARED = REPO_ROOT.parent / "shared"
+TINY_MODEL_DIR = "data/models/stories260K/hf"
+TINY_MODEL = SHARED / TINY_MODEL_DIR  # for places that only need the name (never loaded through it)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["ANONYMIZED_TELEMETRY"] = "False"
@@ -35,12 +40,18 @@ SIDED_TEMPLATES = {
 }
 
 
+def shared_path(relative: str) -> Path:
+    """``../shared/<relative>`` beside the repository; skips the calling test or fixture when it is missing."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"test data missing: {path} does not exist (the tests expect ../shared beside the repository)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
     """The real tiny trained model (Llama, 5 layers, context 512) beside the repository."""
-    if not (TINY_MODEL / "config.json").is_file():
-        pytest.skip(f"the tiny test model is missing at {TINY_MODEL} (expected ../shared beside the repo)")
-    return TINY_MODEL
+    return shared_path(f"{TINY_MODEL_DIR}/config.json").parent
 
 
 @pytest.fixture(scope="session")

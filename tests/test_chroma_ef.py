@@ -122,12 +122,6 @@ def test_document_and_query_sides(ef: KVEmbeddingFunction) -> None:
     assert not np.allclose(ef([QUESTION])[0], queries[0])
 
 
-def test_same_settings_share_one_engine(tiny_model_path: Path) -> None:
-    a = KVEmbeddingFunction(str(tiny_model_path), max_length=512, layers=[3])
-    b = KVEmbeddingFunction.build_from_config(a.get_config())
-    assert a.engine is b.engine
-
-
 _REOPEN = textwrap.dedent(
     """
     import json, sys

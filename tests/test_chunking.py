@@ -8,8 +8,8 @@ import time
 import unicodedata
 from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,11 +20,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from kvemb_rag.engine.chunking import Chunk, _is_safe_cut, chunk_text, combine_chunk_vectors
+from tests.conftest import TINY_MODEL_DIR, shared_path
 
-MODEL_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/models/stories260K/hf"
 TEMPLATE = "Context: {text}\nCompress the Context in one word:"
-
-pytestmark = pytest.mark.skipif(not MODEL_DIR.is_dir(), reason=f"tiny test model not found at {MODEL_DIR}")
 
 
 # --------------------------------------------------------------------------------------------- fixtures
@@ -32,8 +30,8 @@ pytestmark = pytest.mark.skipif(not MODEL_DIR.is_dir(), reason=f"tiny test model
 
 @cache
 def _llama_tokenizer() -> Any:
-    """SentencePiece-style (Metaspace + byte fallback) tokenizer of the tiny trained Llama."""
-    return AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    """SentencePiece-style (Metaspace + byte fallback) tokenizer of the tiny trained Llama (skips without it)."""
+    return AutoTokenizer.from_pretrained(str(shared_path(TINY_MODEL_DIR)))
 
 
 @cache
@@ -467,7 +465,7 @@ def test_chunk_validates_its_span() -> None:
         Chunk(text="", start=5, end=3, n_tokens=4, index=0)
     with pytest.raises(ValueError, match=">= 0"):
         Chunk(text="ab", start=3, end=5, n_tokens=4, index=-1)
-    with pytest.raises(AttributeError):
+    with pytest.raises(FrozenInstanceError, match="'start'"):
         Chunk(text="ab", start=3, end=5, n_tokens=4, index=0).start = 1  # type: ignore[misc]
 
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.conftest import shared_path
+
 if TYPE_CHECKING:
     from kvemb_rag import KVEmbedder
 
@@ -240,9 +242,7 @@ def test_user_errors_exit_cleanly(
 def test_layers_and_eval_commands(
     tiny_model_path: Path, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    sts = Path(__file__).resolve().parents[1].parent / "shared/data/sts/STSBenchmark/sts-test.csv"
-    if not sts.is_file():
-        pytest.skip(f"STS benchmark missing at {sts}")
+    sts = shared_path("data/sts/STSBenchmark/sts-test.csv")
     small = tmp_path / "sts-test.csv"
     small.write_text(
         "".join(sts.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8"

@@ -19,7 +19,7 @@ from kvemb_rag.engine.config import COMPRESSION_DOCUMENT_TEMPLATE
 from kvemb_rag.engine.layers import middle_window
 from kvemb_rag.errors import ConfigError, UnsupportedModelError
 from tests.foreign_models import save_foreign
-from tests.tiny_models import STORIES, build, word_tokenizer
+from tests.tiny_models import build, word_tokenizer
 
 SENTENCES = [
     "Lily went to the park with her mom.",
@@ -39,9 +39,9 @@ ID_RULE = LayerSelectionConfig(rule="intrinsic-dimension")
 
 
 @pytest.fixture(scope="module")
-def stories(cache_dir: str) -> KVEmbedder:
+def stories(cache_dir: str, tiny_model_path: Path) -> KVEmbedder:
     """The trained tiny model with the paper's intrinsic-dimension rule (exercises calibration and its cache)."""
-    return KVEmbedder(str(STORIES), cache_dir=cache_dir, device="cpu", selection=ID_RULE)
+    return KVEmbedder(str(tiny_model_path), cache_dir=cache_dir, device="cpu", selection=ID_RULE)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_auto_layers_on_the_trained_model(stories: KVEmbedder) -> None:
     assert len(stories.layers) == 1 and stories.layers[0] >= 1
 
 
-def test_layer_cache_is_hit_on_reuse(stories: KVEmbedder, cache_dir: str) -> None:
+def test_layer_cache_is_hit_on_reuse(stories: KVEmbedder, cache_dir: str, tiny_model_path: Path) -> None:
     files = list((Path(cache_dir) / "layers").glob("*.json"))
     assert len(files) == 1
     cached = json.loads(files[0].read_text())
@@ -129,11 +129,11 @@ def test_layer_cache_is_hit_on_reuse(stories: KVEmbedder, cache_dir: str) -> Non
     mtime = files[0].stat().st_mtime_ns
     again = stories.select_layers()
     assert again.from_cache and again.layers == stories.layers
-    assert KVEmbedder(str(STORIES), cache_dir=cache_dir, selection=ID_RULE).layers == stories.layers
+    assert KVEmbedder(str(tiny_model_path), cache_dir=cache_dir, selection=ID_RULE).layers == stories.layers
     assert files[0].stat().st_mtime_ns == mtime  # not recomputed
     # The position of the middle rule does not enter the ID cache key.
     moved = LayerSelectionConfig(rule="intrinsic-dimension", position=0.9)
-    assert KVEmbedder(str(STORIES), cache_dir=cache_dir, selection=moved).layers == stories.layers
+    assert KVEmbedder(str(tiny_model_path), cache_dir=cache_dir, selection=moved).layers == stories.layers
     assert len(list((Path(cache_dir) / "layers").glob("*.json"))) == 1
 
 
@@ -147,8 +147,8 @@ def test_middle_window(num_layers: int, expected: tuple[int, ...]) -> None:
     assert middle_window(num_layers, LayerSelectionConfig(position=1.0))[-1] == num_layers - 1
 
 
-def test_default_rule_is_the_middle_window_without_calibration(tmp_path: Path) -> None:
-    emb = KVEmbedder(str(STORIES), cache_dir=str(tmp_path), device="cpu")
+def test_default_rule_is_the_middle_window_without_calibration(tmp_path: Path, tiny_model_path: Path) -> None:
+    emb = KVEmbedder(str(tiny_model_path), cache_dir=str(tmp_path), device="cpu")
     assert emb.config.selection.rule == "middle"
     assert emb.layers == middle_window(5) == (2,) and emb.id_curve is None
     assert not (tmp_path / "layers").exists()  # no calibration ran
@@ -270,7 +270,11 @@ def test_overflow_error_names_the_text(stories: KVEmbedder) -> None:
 def test_overflow_chunk_is_the_weighted_mean_of_chunks(stories: KVEmbedder) -> None:
     chunks = stories.chunk(LONG)
     assert len(chunks) >= 2 and all(c.n_tokens <= stories.max_length for c in chunks)
-    assert "".join(c.text for c in chunks) == LONG or chunks[-1].end == len(LONG)
+    # No overlap by default: the spans tile the text in order, from 0 to its end, without gap or overlap.
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert [c.start for c in chunks] == [0] + [c.end for c in chunks[:-1]]
+    assert chunks[-1].end == len(LONG)
+    assert all(c.text == LONG[c.start : c.end] for c in chunks)
     per_chunk = stories.encode_document([c.text for c in chunks])
     expected = combine_chunk_vectors(per_chunk, [c.n_tokens for c in chunks])
     np.testing.assert_allclose(stories.encode_document(LONG), expected, atol=1e-5)
@@ -283,9 +287,9 @@ def test_overflow_truncate_embeds_the_first_chunk(stories: KVEmbedder) -> None:
     )
 
 
-def test_max_length_cannot_exceed_the_context(cache_dir: str) -> None:
+def test_max_length_cannot_exceed_the_context(cache_dir: str, tiny_model_path: Path) -> None:
     with pytest.raises(ValueError, match="max_length=4096 exceeds the context size.*512"):
-        KVEmbedder(str(STORIES), max_length=4096, cache_dir=cache_dir)
+        KVEmbedder(str(tiny_model_path), max_length=4096, cache_dir=cache_dir)
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -10,8 +10,8 @@ import json
 import logging
 import math
 import random
+import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -47,17 +47,18 @@ from kvemb_rag.evaluation.metrics import (
     recall_at_k,
     retrieval_scores,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-STSB = DATA / "sts" / "STSBenchmark"
-TINY_LLAMA = DATA / "models" / "stories260K" / "hf"
+from tests.conftest import shared_path
+from tests.recording_encoder import RecordingEncoder
 
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"evaluation data not found at {DATA}")
-    return DATA
+    return shared_path("data")
+
+
+@pytest.fixture(scope="module")
+def stsb() -> Path:
+    return shared_path("data/sts/STSBenchmark")
 
 
 @pytest.fixture(scope="session")
@@ -66,15 +67,15 @@ def minilm() -> SentenceTransformerEncoder:
     return SentenceTransformerEncoder(minilm_path(), device="cpu")
 
 
-class HashEncoder:
+class HashEncoder(RecordingEncoder):
     """A deterministic bag-of-words encoder (no model): enough to exercise the plumbing."""
 
     name = "hash"
 
     def __init__(self, dim: int = 256, max_length: int | None = None) -> None:
+        super().__init__()
         self.dim = dim
         self.max_length = max_length
-        self.calls: list[tuple[str, int, dict[str, Any]]] = []
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -82,14 +83,6 @@ class HashEncoder:
             for word in text.lower().split():
                 out[i, sum(map(ord, word)) * 2654435761 % self.dim] += 1.0
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    def encode_query(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        self.calls.append(("query", len(texts), kwargs))
-        return self._embed(texts)
-
-    def encode_document(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        self.calls.append(("document", len(texts), kwargs))
-        return self._embed(texts)
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -217,12 +210,12 @@ def test_logistic_regression_and_kmeans_on_separable_clusters() -> None:
 
 
 # --------------------------------------------------------------------------------------------- loaders
-def test_load_stsb_files(data_dir: Path) -> None:
-    test = load_sts(STSB / "sts-test.csv")
+def test_load_stsb_files(stsb: Path) -> None:
+    test = load_sts(stsb / "sts-test.csv")
     assert test.name == "STSBenchmark/sts-test"
     assert len(test) == 1379
-    assert len(load_sts(STSB / "sts-dev.csv")) == 1500
-    assert len(load_sts(STSB / "sts-train.csv")) == 5749
+    assert len(load_sts(stsb / "sts-dev.csv")) == 1500
+    assert len(load_sts(stsb / "sts-train.csv")) == 5749
     assert test.sentences1[0] == "A girl is styling her hair."
     assert test.sentences2[0] == "A girl is brushing her hair."
     assert test.scores[0] == 2.5
@@ -432,11 +425,11 @@ def _tiny_long_docs(target: Path) -> Path:
 
 
 def test_run_evaluation_end_to_end_with_minilm(
-    data_dir: Path, tmp_path: Path, minilm: SentenceTransformerEncoder, caplog: pytest.LogCaptureFixture
+    data_dir: Path, stsb: Path, tmp_path: Path, minilm: SentenceTransformerEncoder, caplog: pytest.LogCaptureFixture
 ) -> None:
     sts_file = tmp_path / "STSBenchmark" / "sts-test.csv"
     sts_file.parent.mkdir()
-    sts_file.write_text("\n".join((STSB / "sts-test.csv").read_text(encoding="utf-8").splitlines()[:50]) + "\n")
+    sts_file.write_text("\n".join((stsb / "sts-test.csv").read_text(encoding="utf-8").splitlines()[:50]) + "\n")
     beir = _tiny_beir(data_dir / "scifact", tmp_path / "scifact")
     classes = tmp_path / "banking"
     classes.mkdir()
@@ -495,14 +488,16 @@ def test_run_evaluation_end_to_end_with_minilm(
 
 
 def test_run_evaluation_validates_inputs_before_loading_models(tmp_path: Path) -> None:
+    sts = tmp_path / "pairs.tsv"
+    sts.write_text("4.5\tA cat sat.\tA cat sits.\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no datasets"):
         run_evaluation(["some/model"], ["kv"], progress=False)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'missing' / 'corpus.jsonl'} does not exist")):
         run_evaluation(["some/model"], ["kv"], retrieval=[tmp_path / "missing"], progress=False)
     with pytest.raises(ValueError, match="no models"):
-        run_evaluation([], ["kv"], sts=[STSB / "sts-test.csv"], progress=False)
+        run_evaluation([], ["kv"], sts=[sts], progress=False)
     with pytest.raises(ValueError, match="unknown strategies \\['kvv'\\]"):
-        run_evaluation(["some/model"], ["kv", "kvv"], sts=[STSB / "sts-test.csv"], progress=False)
+        run_evaluation(["some/model"], ["kv", "kvv"], sts=[sts], progress=False)
 
 
 def test_evaluate_retrieval_sides_and_identical_ids() -> None:
@@ -523,13 +518,12 @@ def test_evaluate_retrieval_sides_and_identical_ids() -> None:
     assert dropped == 1.0 and kept <= dropped
 
 
-@pytest.mark.skipif(not TINY_LLAMA.is_dir(), reason="tiny model not available")
-def test_run_evaluation_with_kv_embedder_strategies(data_dir: Path, tmp_path: Path) -> None:
+def test_run_evaluation_with_kv_embedder_strategies(stsb: Path, tiny_model_path: Path, tmp_path: Path) -> None:
     sts_file = tmp_path / "STSBenchmark" / "sts-test.csv"
     sts_file.parent.mkdir()
-    sts_file.write_text("\n".join((STSB / "sts-test.csv").read_text(encoding="utf-8").splitlines()[:30]) + "\n")
+    sts_file.write_text("\n".join((stsb / "sts-test.csv").read_text(encoding="utf-8").splitlines()[:30]) + "\n")
     records = run_evaluation(
-        [str(TINY_LLAMA)],
+        [str(tiny_model_path)],
         ["kv", "last"],
         sts=[sts_file],
         long_docs=[_tiny_long_docs(tmp_path / "meet")],
@@ -545,10 +539,12 @@ def test_run_evaluation_with_kv_embedder_strategies(data_dir: Path, tmp_path: Pa
 
 # ---------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
-def test_minilm_reproduces_published_mteb_figures(data_dir: Path, minilm: SentenceTransformerEncoder) -> None:
+def test_minilm_reproduces_published_mteb_figures(
+    data_dir: Path, stsb: Path, minilm: SentenceTransformerEncoder
+) -> None:
     # all-MiniLM-L6-v2 on the MTEB leaderboard: STSBenchmark cosine Spearman 82.03, SciFact nDCG@10 64.51.
     records = run_evaluation(
-        [str(minilm_path())], [], sts=[STSB / "sts-test.csv"], retrieval=[data_dir / "scifact"], progress=False
+        [str(minilm_path())], [], sts=[stsb / "sts-test.csv"], retrieval=[data_dir / "scifact"], progress=False
     )
     got = {(r.dataset, r.metric): r.value for r in records}
     assert got[("STSBenchmark/sts-test", "spearman")] == pytest.approx(0.8203, abs=0.002)

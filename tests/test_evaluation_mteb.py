@@ -23,32 +23,21 @@ from kvemb_rag.evaluation import (
     minilm_path,
 )
 from kvemb_rag.evaluation.mteb import MTEBEncoder
+from tests.conftest import shared_path
+from tests.recording_encoder import RecordingEncoder
 
 mteb = pytest.importorskip("mteb")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-
-class SideRecorder:
+class SideRecorder(RecordingEncoder):
     """An encoder that records which side was asked for; vectors encode the text length."""
 
     name = "recorder"
     dim = 4
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[str], dict[str, Any]]] = []
-
     def _embed(self, texts: list[str]) -> np.ndarray:
         out = np.array([[len(t), 1.0, 0.0, 0.0] for t in texts], dtype=np.float32)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    def encode_query(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        self.calls.append(("query", list(texts), kwargs))
-        return self._embed(texts)
-
-    def encode_document(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        self.calls.append(("document", list(texts), kwargs))
-        return self._embed(texts)
 
 
 def test_adapter_satisfies_mteb_encoder_protocol() -> None:
@@ -131,7 +120,7 @@ def minilm() -> SentenceTransformerEncoder:
 def test_mteb_sts_evaluator_agrees_with_ours(minilm: SentenceTransformerEncoder) -> None:
     from datasets import Dataset, DatasetDict
 
-    data = load_sts(DATA / "sts" / "STSBenchmark" / "sts-test.csv").head(200)
+    data = load_sts(shared_path("data/sts/STSBenchmark/sts-test.csv")).head(200)
     task = mteb.get_task("STSBenchmark")
     task.dataset = DatasetDict(
         {"test": Dataset.from_dict({"sentence1": data.sentences1, "sentence2": data.sentences2, "score": data.scores})}
@@ -146,11 +135,12 @@ def test_mteb_sts_evaluator_agrees_with_ours(minilm: SentenceTransformerEncoder)
 def test_mteb_retrieval_evaluator_agrees_with_ours(minilm: SentenceTransformerEncoder, tmp_path: Path) -> None:
     from datasets import Dataset
 
-    full = load_beir(DATA / "scifact")
+    scifact = shared_path("data/scifact")
+    full = load_beir(scifact)
     qids = list(full.queries)[:40]
     relevant = {d for q in qids for d in full.qrels[q]}
     keep = relevant | set(list(full.corpus)[:400])
-    raw = [json.loads(line) for line in (DATA / "scifact" / "corpus.jsonl").read_text().splitlines()]
+    raw = [json.loads(line) for line in (scifact / "corpus.jsonl").read_text().splitlines()]
     corpus = [{"id": r["_id"], "title": r["title"], "text": r["text"]} for r in raw if r["_id"] in keep]
     task = mteb.get_task("SciFact")
     qrels = {q: dict(full.qrels[q]) for q in qids}

@@ -8,9 +8,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from tests.conftest import SHARED
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-DATA = REPO.parent / "shared" / "data"
+DATA = SHARED / "data"  # optional: the notebooks use what is there (the tiny model itself is required)
 MODEL_LINE = 'MODEL = os.environ.get("KVEMB_MODEL", DEFAULT_MODEL)'
 
 

@@ -115,7 +115,7 @@ def test_interrupted_ray_run_rerun_ends_complete(
             raise _Interrupt(f"stopped after {event.records_written} records")
 
     with KVStore(url=chroma_server, collection="ray-resume", embedder=tiny_embedder, write_batch_size=4) as store:
-        with pytest.raises(_Interrupt):
+        with pytest.raises(_Interrupt, match=r"stopped after \d+ records"):
             ray_sync_documents(store, read.documents, source=read.source, config=config, progress=stop_after_two_writes)
         partial = store.count()
         assert 0 < partial < len(reference["ids"])

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import REPO, STORIES
+from tests.conftest import TINY_MODEL, TINY_MODEL_DIR, shared_path
+from tests.tiny_models import REPO
 
 BLOCKS = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
 
@@ -27,10 +28,10 @@ def test_readme_has_examples_for_every_integration() -> None:
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    """Offline, the tiny model as the default, a cache of the test's own."""
+    """Offline, the tiny model as the default, a cache of the test's own (skips the test without the model)."""
     return {
         **os.environ,
-        "KVEMB_MODEL": str(STORIES),
+        "KVEMB_MODEL": str(shared_path(TINY_MODEL_DIR)),
         "KVEMB_CACHE_DIR": str(workdir / "cache"),
         "HF_HUB_OFFLINE": "1",
         "ANONYMIZED_TELEMETRY": "False",
@@ -54,9 +55,10 @@ def served(workdir: Path) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "kvemb_rag.cli", "serve", "--model", str(STORIES), "--port", str(port),
+    env = _env(workdir)
+    command = [sys.executable, "-m", "kvemb_rag.cli", "serve", "--model", env["KVEMB_MODEL"], "--port", str(port),
                "--served-model-name", "smollm2-135m-instruct"]
-    proc = subprocess.Popen(command, env=_env(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -99,8 +101,9 @@ def _shell_commands() -> list[str]:
 
 
 KVEMB_LINES = [c for c in _shell_commands() if c.startswith("kvemb ")]
-# Placeholders the README uses for values; optional parts are written [--option VALUE].
-_PLACEHOLDERS = {"M": str(STORIES), "NAME": "kvemb", "DIR": "store", "KEY": "secret", "N": "2"}
+# Placeholders the README uses for values; optional parts are written [--option VALUE]. Parsing a line needs
+# no model; the lines that run get the model's existence checked by _env.
+_PLACEHOLDERS = {"M": str(TINY_MODEL), "NAME": "kvemb", "DIR": "store", "KEY": "secret", "N": "2"}
 
 
 def _argv(line: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -268,12 +269,14 @@ def test_embedder_mismatch_is_refused(store: KVStore, tiny_embedder: KVEmbedder,
         (tiny_embedder.with_options(max_length=256), "max_length"),
         (tiny_embedder.with_options(strategy="mean"), "strategy"),
     ):
+        # The message names the differing setting, the collection's value and the given embedder's.
+        stored, given = repr(tiny_embedder.identity[key]), repr(other.identity[key])
+        names = rf"{key}: collection has {re.escape(stored)}, embedder has {re.escape(given)}"
         with KVStore(tmp_path / "db", embedder=other) as wrong:
-            with pytest.raises(EmbedderMismatchError) as info:
+            with pytest.raises(EmbedderMismatchError, match=names) as info:
                 wrong.add_documents([Document("x", "A new story.")])
             assert key in info.value.differences
-            assert key in str(info.value) and str(info.value.stored[key]) in str(info.value)
-            with pytest.raises(EmbedderMismatchError):
+            with pytest.raises(EmbedderMismatchError, match=names):
                 wrong.query("cat")
     assert store.count() == sum(1 for _ in records(tmp_path / "db"))
     assert "x" not in store.document_ids()
@@ -297,7 +300,7 @@ def test_unknown_and_foreign_collections(tmp_path: Path, tiny_embedder: KVEmbedd
         col.add(ids=["a"], embeddings=[[0.0] * tiny_embedder.dim], documents=["x"])
     with (
         KVStore(tmp_path / "db", collection="foreign", embedder=tiny_embedder) as store,
-        pytest.raises(IncompatibleCollectionError),
+        pytest.raises(IncompatibleCollectionError, match="'foreign' .* records no kvemb-rag embedder identity"),
     ):
         store.add_documents([Document("d", "A cat.")])
     with KVStore(tmp_path / "db", collection="l2-space", embedder=tiny_embedder) as store:
@@ -331,7 +334,7 @@ def test_input_validation(store: KVStore) -> None:
         store.query("cat", k=0)
     with pytest.raises(ValueError, match="no embedder"):
         KVStore(client=store.client).add_documents([Document("a", "x")])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"added \(2\) \+ unchanged \(0\) \+ replaced \(0\) exceeds documents \(1\)"):
         IndexSummary(documents=1, added=2)
     summary = IndexSummary(documents=2, added=1) + IndexSummary(documents=1, unchanged=1)
     assert (summary.documents, summary.added, summary.unchanged) == (3, 1, 1)

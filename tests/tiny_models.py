@@ -22,7 +22,6 @@ from transformers import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-STORIES = REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf"
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 VOCAB = 96

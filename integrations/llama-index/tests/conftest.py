@@ -1,41 +1,18 @@
-"""Set-up of the llama-index-embeddings-kvemb tests: a private layer-selection cache, asyncio marking."""
+"""Set-up of the llama-index-embeddings-kvemb tests: a private layer-selection cache and asyncio marking.
+
+Both adapter suites share them, with their other helpers, in the repository's tests/adapter_helpers.py.
+"""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Generator, Iterator
+import sys
+from pathlib import Path
 
-import pluggy
-import pytest
+# The repository root (integrations/llama-index/tests/conftest.py -> parents[3]), so that tests.adapter_helpers imports.
+_REPO = str(Path(__file__).resolve().parents[3])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
+from tests.adapter_helpers import _private_kvemb_cache, pytest_pycollect_makeitem  # noqa: E402
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_kvemb_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep layer selections out of ~/.cache: every test here writes into a session temp directory."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("KVEMB_CACHE_DIR", str(tmp_path_factory.mktemp("kvemb-cache")))
-    yield
-    patch.undo()
-
-
-@pytest.hookimpl(hookwrapper=True, trylast=True)
-def pytest_pycollect_makeitem(
-    collector: pytest.Module | pytest.Class, name: str, obj: object
-) -> Generator[None, pluggy.Result[object], None]:
-    """Mark coroutine tests of this directory for pytest-asyncio.
-
-    The async tests expect pytest-asyncio's auto mode (set in this package's pyproject). Run from the
-    repository root, the root configuration applies instead, and its strict mode would skip them; marking
-    them here (innermost wrapper, so before pytest-asyncio turns marked coroutines into its own items) makes
-    both invocations run the same tests.
-    """
-    outcome = yield
-    result = outcome.get_result()
-    items = result if isinstance(result, list) else [result]
-    for item in items:
-        if (
-            isinstance(item, pytest.Function)
-            and inspect.iscoroutinefunction(item.obj)
-            and item.get_closest_marker("asyncio") is None
-        ):
-            item.add_marker(pytest.mark.asyncio)
+__all__ = ["_private_kvemb_cache", "pytest_pycollect_makeitem"]

@@ -13,17 +13,17 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.embeddings.kvemb import KVEmbedding
 from pydantic import ValidationError
 
-from kvemb_rag.engine import loader
 from kvemb_rag.engine.config import SETTINGS, setting_defaults
+from tests.adapter_helpers import (
+    ADAPTER_SETTINGS,
+    BLANK_MODEL,
+    INVALID_SETTINGS,
+    record_engine_threads,
+    record_model_loads,
+    tiny_model,
+)
+from tests.conftest import TINY_MODEL
 
-# integrations/llama-index/tests/<this file> -> parents[3] is the repository root.
-REPO = Path(__file__).resolve().parents[3]
-TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")
-PARAMS: dict[str, Any] = {"model_name": TINY_MODEL, "max_length": 512, "layers": [3],
-    # Different templates per side (the default kv templates are the same on both sides).
-    "query_template": "Question: {text}\nAnswer in one word:",
-    "document_template": "Passage: {text}\nSummary in one word:",
-}
 TEXTS = [
     "Tom the cat liked to sleep in the warm sun.",
     "The big red boat sailed across the blue sea.",
@@ -35,7 +35,7 @@ TEXTS = [
 
 @pytest.fixture
 def embed_model() -> KVEmbedding:
-    return KVEmbedding(**PARAMS)
+    return KVEmbedding(model_name=tiny_model(), **ADAPTER_SETTINGS)
 
 
 def test_class_name_and_base() -> None:
@@ -48,29 +48,22 @@ def test_every_engine_setting_is_a_described_field() -> None:
     ours = [spelled.get(name, name) for name in SETTINGS]
     for name in ours:
         assert KVEmbedding.model_fields[name].description, name
-    assert KVEmbedding(model_name=TINY_MODEL, embed_batch_size=4, bias=2.0).engine_request() == (
-        TINY_MODEL,
+    assert KVEmbedding(model_name=str(TINY_MODEL), embed_batch_size=4, bias=2.0).engine_request() == (
+        str(TINY_MODEL),
         {**setting_defaults(), "batch_size": 4, "bias": 2.0},
     )
 
 
 def test_construction_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    real = loader.load_model
-
-    def spy(name: str, **kwargs: Any) -> loader.LoadedModel:
-        calls.append(name)
-        return real(name, **kwargs)
-
-    monkeypatch.setattr("kvemb_rag.engine.embedder.load_model", spy)
+    calls = record_model_loads(monkeypatch)
     model = KVEmbedding(model_name="nobody/not-a-real-model-for-kvemb-tests")
     assert model.to_dict()["model_name"] == "nobody/not-a-real-model-for-kvemb-tests"  # serialisable unloaded
     assert calls == []
 
 
 def test_model_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KVEMB_MODEL", TINY_MODEL)
-    assert KVEmbedding().model_name == TINY_MODEL
+    monkeypatch.setenv("KVEMB_MODEL", str(TINY_MODEL))
+    assert KVEmbedding().model_name == str(TINY_MODEL)
     monkeypatch.delenv("KVEMB_MODEL")
     assert KVEmbedding().model_name == "smollm2-135m-instruct"
 
@@ -78,17 +71,15 @@ def test_model_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"strategy": "bm25"}, "strategy"),
-        ({"dtype": "int8"}, "dtype"),
-        ({"embed_batch_size": 0}, "embed_batch_size"),
-        ({"max_length": 4}, "max_length"),
-        ({"layers": [-2]}, "layers"),
-        ({"query_template": "no placeholder"}, "query_template"),
+        *INVALID_SETTINGS,
+        ({"embed_batch_size": 0}, r"(?s)embed_batch_size\n.*greater than 0.*input_value=0"),
+        ({"model_name": "  "}, BLANK_MODEL),
     ],
 )
 def test_invalid_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    # Construction only: the model is named, never loaded.
     with pytest.raises(ValidationError, match=message):
-        KVEmbedding(**{**PARAMS, **kwargs})
+        KVEmbedding(**{"model_name": str(TINY_MODEL), **ADAPTER_SETTINGS, **kwargs})
 
 
 def test_query_and_text_sides(embed_model: KVEmbedding) -> None:
@@ -111,16 +102,7 @@ def test_batches_match_single_texts(embed_model: KVEmbedding) -> None:
 
 
 def test_async_variants_run_in_a_worker_thread(embed_model: KVEmbedding, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = embed_model.engine
-    threads: list[int] = []
-    for name in ("encode_document", "encode_query"):
-        real = getattr(engine, name)
-
-        def spy(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
-            threads.append(threading.get_ident())
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(engine, name, spy)
+    threads = record_engine_threads(embed_model.engine, monkeypatch)
 
     async def main() -> tuple[Any, Any, Any, int]:
         results = await asyncio.gather(

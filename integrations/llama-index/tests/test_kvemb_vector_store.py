@@ -12,9 +12,8 @@ from llama_index.embeddings.kvemb import KVEmbedding
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from kvemb_rag.embedding_function import KVEmbeddingFunction
+from tests.adapter_helpers import tiny_model
 
-REPO = Path(__file__).resolve().parents[3]
-TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")
 MAX_LENGTH = 512
 
 TOPICS = ["a red kite in the wind", "a lost puppy at the farm", "a birthday cake for mom", "a boat on the lake"]
@@ -31,19 +30,20 @@ def _story(topic: str, paragraphs: int) -> str:
     return "\n\n".join(body)
 
 
-def _collection(path: Path) -> chromadb.Collection:
+def _collection(path: Path, model: str) -> chromadb.Collection:
     client = chromadb.PersistentClient(path=str(path))
     # The kvemb function is recorded in the collection configuration (the embedder's identity); LlamaIndex
     # computes and passes the vectors itself, through the same shared engine.
     return client.get_or_create_collection(
         "stories",
-        embedding_function=KVEmbeddingFunction(TINY_MODEL, max_length=MAX_LENGTH, layers=[3]),
+        embedding_function=KVEmbeddingFunction(model, max_length=MAX_LENGTH, layers=[3]),
         configuration={"hnsw": {"space": "cosine"}},
     )
 
 
 def test_vector_store_index_round_trip(tmp_path: Path) -> None:
-    embed_model = KVEmbedding(model_name=TINY_MODEL, max_length=MAX_LENGTH, layers=[3])
+    model = tiny_model()
+    embed_model = KVEmbedding(model_name=model, max_length=MAX_LENGTH, layers=[3])
     documents = [
         Document(text=_story(topic, 12), metadata={"topic": topic}, id_=f"story-{i}")
         for i, topic in enumerate(TOPICS)
@@ -56,7 +56,7 @@ def test_vector_store_index_round_trip(tmp_path: Path) -> None:
     assert max(sizes) <= MAX_LENGTH, sizes
 
     store_dir = tmp_path / "chroma"
-    collection = _collection(store_dir)
+    collection = _collection(store_dir, model)
     assert collection.configuration_json["hnsw"]["space"] == "cosine"
     assert collection.configuration_json["embedding_function"]["name"] == "kvemb"
     storage = StorageContext.from_defaults(vector_store=ChromaVectorStore(chroma_collection=collection))
@@ -80,7 +80,7 @@ def test_vector_store_index_round_trip(tmp_path: Path) -> None:
     assert reopened.count() == len(nodes)
     index = VectorStoreIndex.from_vector_store(
         ChromaVectorStore(chroma_collection=reopened),
-        embed_model=KVEmbedding(model_name=TINY_MODEL, max_length=MAX_LENGTH, layers=[3]),
+        embed_model=KVEmbedding(model_name=model, max_length=MAX_LENGTH, layers=[3]),
     )
     after = index.as_retriever(similarity_top_k=3).retrieve(question)
     assert [h.node.node_id for h in after] == [h.node.node_id for h in before]

@@ -9,8 +9,7 @@ from langchain_chroma import Chroma
 from langchain_core.documents import Document
 from langchain_kvemb import KVEmbeddings
 
-REPO = Path(__file__).resolve().parents[4]
-TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")
+from tests.adapter_helpers import tiny_model
 
 DOCS = [
     Document(page_content="Tom the cat liked to sleep in the warm sun.", metadata={"topic": "cat"}),
@@ -24,7 +23,7 @@ IDS = [f"doc-{i}" for i in range(len(DOCS))]
 
 @pytest.fixture
 def embeddings() -> KVEmbeddings:
-    return KVEmbeddings(model=TINY_MODEL, max_length=512, layers=[3])
+    return KVEmbeddings(model=tiny_model(), max_length=512, layers=[3])
 
 
 def test_chroma_round_trip(tmp_path: Path, embeddings: KVEmbeddings) -> None:
@@ -54,7 +53,7 @@ def test_chroma_round_trip(tmp_path: Path, embeddings: KVEmbeddings) -> None:
     del store
     reopened = Chroma(
         collection_name="stories",
-        embedding_function=KVEmbeddings(model=TINY_MODEL, max_length=512, layers=[3]),
+        embedding_function=KVEmbeddings(model=embeddings.model, max_length=512, layers=[3]),
         persist_directory=store_dir,
     )
     assert reopened._collection.count() == len(DOCS)

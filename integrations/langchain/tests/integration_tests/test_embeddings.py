@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,29 +11,20 @@ import pytest
 from langchain_kvemb import KVEmbeddings
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 
-# integrations/langchain/tests/integration_tests/<this file> -> parents[4] is the repository root.
-REPO = Path(__file__).resolve().parents[4]
-TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")
-PARAMS: dict[str, Any] = {"model": TINY_MODEL, "max_length": 512, "layers": [3],
-    # Different templates per side (the default kv templates are the same on both sides).
-    "query_template": "Question: {text}\nAnswer in one word:",
-    "document_template": "Passage: {text}\nSummary in one word:",
-}
+from tests.adapter_helpers import ADAPTER_SETTINGS, record_engine_threads, tiny_model
 
 
 class TestKVEmbeddingsStandard(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self) -> type[KVEmbeddings]:
-        return KVEmbeddings
+    embeddings_class = KVEmbeddings
 
     @property
     def embedding_model_params(self) -> dict[str, Any]:
-        return dict(PARAMS)
+        return {"model": tiny_model(), **ADAPTER_SETTINGS}  # the suite skips without ../shared
 
 
 @pytest.fixture
 def embeddings() -> KVEmbeddings:
-    return KVEmbeddings(**PARAMS)
+    return KVEmbeddings(model=tiny_model(), **ADAPTER_SETTINGS)
 
 
 def test_vectors_are_python_floats_and_unit_length(embeddings: KVEmbeddings) -> None:
@@ -72,16 +62,7 @@ def test_errors_name_the_bad_input(embeddings: KVEmbeddings) -> None:
 
 
 def test_async_runs_off_the_event_loop(embeddings: KVEmbeddings, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = embeddings.engine
-    threads: list[int] = []
-    for name in ("encode_document", "encode_query"):
-        real = getattr(engine, name)
-
-        def spy(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
-            threads.append(threading.get_ident())
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(engine, name, spy)
+    threads = record_engine_threads(embeddings.engine, monkeypatch)
 
     async def main() -> tuple[list[list[float]], list[float], int]:
         loop_thread = threading.get_ident()
@@ -98,9 +79,14 @@ def test_async_runs_off_the_event_loop(embeddings: KVEmbeddings, monkeypatch: py
 
 
 def test_settings_change_switches_engine(embeddings: KVEmbeddings) -> None:
+    # The adapter follows its fields: a changed setting embeds through an engine with that setting. (That
+    # engines of one model share its weights is tests/test_model_sharing.py's concern.)
+    before = embeddings.embed_query("hello")
     first = embeddings.engine
     embeddings.strategy = "kv-ablation"
     second = embeddings.engine
     assert second is not first
     assert second.strategy == "kv-ablation"
-    assert second.model is first.model  # same weights, device and dtype: one loaded model
+    after = embeddings.embed_query("hello")
+    np.testing.assert_allclose(after, second.encode_query("hello"), atol=1e-6)
+    assert not np.allclose(after, before)

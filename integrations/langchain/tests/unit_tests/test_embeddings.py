@@ -10,22 +10,20 @@ from langchain_kvemb import KVEmbeddings
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 from pydantic import ValidationError
 
-from kvemb_rag.engine import loader
 from kvemb_rag.engine.config import SETTINGS
+from tests.adapter_helpers import ADAPTER_SETTINGS, BLANK_MODEL, INVALID_SETTINGS, record_model_loads
+from tests.conftest import TINY_MODEL as _TINY_MODEL
 
-# integrations/langchain/tests/unit_tests/<this file> -> parents[4] is the repository root.
-REPO = Path(__file__).resolve().parents[4]
-TINY_MODEL = str(REPO.parent / "shared" / "data" / "models" / "stories260K" / "hf")
+# Unit tests only construct adapters (lazy: nothing is loaded), so they name the model without needing it.
+TINY_MODEL = str(_TINY_MODEL)
 
 
 class TestKVEmbeddingsStandard(EmbeddingsUnitTests):
-    @property
-    def embeddings_class(self) -> type[KVEmbeddings]:
-        return KVEmbeddings
+    embeddings_class = KVEmbeddings
 
     @property
     def embedding_model_params(self) -> dict[str, Any]:
-        return {"model": TINY_MODEL, "max_length": 512, "layers": [3]}
+        return {"model": TINY_MODEL, **ADAPTER_SETTINGS}
 
     @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
@@ -34,15 +32,7 @@ class TestKVEmbeddingsStandard(EmbeddingsUnitTests):
 
 
 def test_construction_is_lazy_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    real = loader.load_model
-
-    def spy(name: str, **kwargs: Any) -> loader.LoadedModel:
-        calls.append(name)
-        return real(name, **kwargs)
-
-    monkeypatch.setattr(loader, "load_model", spy)
-    monkeypatch.setattr("kvemb_rag.engine.embedder.load_model", spy)
+    calls = record_model_loads(monkeypatch)
     # A hub name that cannot be reached here: construction must still succeed, since nothing is fetched.
     KVEmbeddings(model="nobody/not-a-real-model-for-kvemb-tests")
     KVEmbeddings(model=TINY_MODEL, layers=[3])
@@ -74,16 +64,11 @@ def test_model_defaults_to_the_bundled_model_without_env(monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"strategy": "bm25"}, "strategy"),
-        ({"dtype": "int8"}, "dtype"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"max_length": 4}, "max_length"),
-        ({"layers": "middle"}, "layers"),
-        ({"layers": [-1]}, "layers"),
-        ({"query_template": "no placeholder"}, "query_template"),
-        ({"document_template": "{text} and {other}"}, "document_template"),
-        ({"model": "  "}, "model"),
-        ({"model_name": "x"}, "model_name"),  # extra="forbid": a typo is an error, not a silent default
+        *INVALID_SETTINGS,
+        ({"batch_size": 0}, r"(?s)batch_size\n.*greater than or equal to 1.*input_value=0"),
+        ({"model": "  "}, BLANK_MODEL),
+        # extra="forbid": a typo is an error, not a silent default
+        ({"model_name": "x"}, r"(?s)model_name\n.*Extra inputs are not permitted.*input_value='x'"),
     ],
 )
 def test_invalid_settings_are_refused_at_construction(kwargs: dict[str, Any], message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
@@ -73,5 +74,5 @@ def test_document_validation() -> None:
     with pytest.raises(ValueError, match="reserved"):
         Document("a", "x", {"chunk_index": 1})
     doc = Document("a", "x", {"k": 1})
-    with pytest.raises(AttributeError):
+    with pytest.raises(FrozenInstanceError, match="'text'"):
         doc.text = "y"  # type: ignore[misc]
