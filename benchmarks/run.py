@@ -30,25 +30,11 @@ STORIES_TOKENIZER = REPO.parent / "shared" / "data" / "models" / "stories260K" /
 LAYERS_FOR_28 = [14, 15, 16]  # the window width the method's rule gives for L = 28 (floor(0.1 * 28) + 1 = 3)
 
 # What Qwen3-0.6B and -1.7B share (their config.json files); the sizes differ.
-_QWEN3 = dict(
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    max_position_embeddings=40960,
-)
+_QWEN3 = dict(num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+              max_position_embeddings=40960)
 SHAPES = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=28,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=512,
-        max_position_embeddings=4096,
-    ),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=28, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=4096),
     "qwen3-0.6b": dict(_QWEN3, hidden_size=1024, intermediate_size=3072),
     "qwen3-1.7b": dict(_QWEN3, hidden_size=2048, intermediate_size=6144),
 }

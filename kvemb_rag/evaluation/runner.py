@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from kvemb_rag.engine.config import STRATEGIES
 from kvemb_rag.errors import ConfigError, InputError
 from kvemb_rag.evaluation import data as eval_data
+from kvemb_rag.evaluation import tasks as eval_tasks
 from kvemb_rag.evaluation.encoders import (
     SENTENCE_TRANSFORMERS_STRATEGY,
     Encoder,
@@ -22,14 +23,6 @@ from kvemb_rag.evaluation.encoders import (
     load_encoder,
 )
 from kvemb_rag.evaluation.metrics import ClassificationProtocol, optional_import
-from kvemb_rag.evaluation.tasks import (
-    DEFAULT_MAX_LENGTHS,
-    evaluate_classification,
-    evaluate_clustering,
-    evaluate_long_documents,
-    evaluate_retrieval,
-    evaluate_sts,
-)
 
 __all__ = [
     "TASKS",
@@ -258,7 +251,7 @@ def run_evaluation(
     classification: Sequence[str | Path] = (),
     clustering: Sequence[str | Path] = (),
     long_docs: Sequence[str | Path] = (),
-    max_lengths: Sequence[int] = DEFAULT_MAX_LENGTHS,
+    max_lengths: Sequence[int] = eval_tasks.DEFAULT_MAX_LENGTHS,
     engine_kwargs: Mapping[str, Any] | None = None,
     split: str = "test",
     long_docs_split: str = "val",
@@ -390,12 +383,13 @@ def _evaluate_one(
 
     kw, skip_self = encode_kwargs, ignore_identical_ids
     # (task, its datasets, how one dataset is scored)
+    t = eval_tasks
     evaluations: list[tuple[str, Sequence[Any], Callable[[Any], Mapping[str, float]]]] = [
-        ("sts", data.sts, lambda d: evaluate_sts(encoder, d, **kw)),
-        ("retrieval", data.retrieval, lambda d: evaluate_retrieval(encoder, d, ignore_identical_ids=skip_self, **kw)),
-        ("classification", data.classification, lambda d: evaluate_classification(encoder, d, protocol, **kw)),
-        ("clustering", data.clustering, lambda d: evaluate_clustering(encoder, d, seed=clustering_seed, **kw)),
-        ("long-docs", data.long_docs, lambda d: evaluate_long_documents(encoder, d, max_lengths, **kw)),
+        ("sts", data.sts, lambda d: t.evaluate_sts(encoder, d, **kw)),
+        ("retrieval", data.retrieval, lambda d: t.evaluate_retrieval(encoder, d, ignore_identical_ids=skip_self, **kw)),
+        ("classification", data.classification, lambda d: t.evaluate_classification(encoder, d, protocol, **kw)),
+        ("clustering", data.clustering, lambda d: t.evaluate_clustering(encoder, d, seed=clustering_seed, **kw)),
+        ("long-docs", data.long_docs, lambda d: t.evaluate_long_documents(encoder, d, max_lengths, **kw)),
     ]
     for task, task_datasets, evaluate in evaluations:
         for dataset in task_datasets:
