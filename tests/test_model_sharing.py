@@ -58,9 +58,9 @@ def test_langchain_llamaindex_and_chroma_load_the_model_once(
     collection.query(query_texts=["Where did the bird sing?"], n_results=1)
 
     assert len(loads) == 1
-    assert langchain._engine.model is llama._engine.model is chroma_ef.engine.model
+    assert langchain.engine.model is llama.engine.model is chroma_ef.engine.model
     # Same settings: even the engine object is shared (layer selection and start-up check run once).
-    assert langchain._engine is llama._engine is chroma_ef.engine
+    assert langchain.engine is llama.engine is chroma_ef.engine
 
 
 def test_different_strategy_shares_the_model_but_not_the_engine(loads: list[str], tiny_model_path: Path) -> None:
@@ -69,8 +69,8 @@ def test_different_strategy_shares_the_model_but_not_the_engine(loads: list[str]
     kv.embed_query("hello")
     ablation.get_query_embedding("hello")
     assert len(loads) == 1
-    assert kv._engine is not ablation._engine
-    assert kv._engine.model is ablation._engine.model
+    assert kv.engine is not ablation.engine
+    assert kv.engine.model is ablation.engine.model
 
 
 def test_a_different_dtype_is_a_different_model(loads: list[str], tiny_model_path: Path) -> None:
@@ -79,4 +79,4 @@ def test_a_different_dtype_is_a_different_model(loads: list[str], tiny_model_pat
     fp32.embed_query("hello")
     bf16.get_query_embedding("hello")
     assert len(loads) == 2
-    assert fp32._engine.model is not bf16._engine.model
+    assert fp32.engine.model is not bf16.engine.model
