@@ -57,6 +57,133 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{where}: {first.get('msg', 'invalid value')} (got {given!r:.60}).", param
 
 
+class _Service:
+    """What the routes need: the engine behind a micro-batcher, the served name, the limits and the key."""
+
+    def __init__(self, embedder: KVEmbedder, name: str, api_key: str | None, limits: ServeLimits) -> None:
+        self.embedder = embedder
+        self.name = name
+        self.dim = embedder.dim
+        self.api_key = api_key
+        self.limits = limits
+        self.batcher = MicroBatcher(self._encode, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms)
+        self.tokens = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvemb-tokens")
+        self.model_card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "kvemb-rag"}
+
+    def _encode(self, texts: list[str], side: str) -> np.ndarray:
+        return self.embedder.encode(texts, prompt_name=side, show_progress_bar=False)  # (n, dim) float32, unit rows
+
+    def _count_tokens(self, texts: list[str], side: str) -> list[int]:
+        encoded = self.embedder.tokenizer([self.embedder.format(t, side) for t in texts])["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    async def authorize(self, request: Request) -> None:
+        """Refuse a ``/v1`` request without the server's key (when it has one)."""
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not header or scheme.lower() != "bearer" or not given.strip():
+            raise APIError(
+                401,
+                "Missing API key: send the header 'Authorization: Bearer <key>' (the server was started with "
+                "--api-key; the openai client sends api_key=... this way).",
+                code="invalid_api_key",
+                type="authentication_error",
+            )
+        if not secrets.compare_digest(given.strip().encode(), self.api_key.encode()):
+            raise APIError(
+                401, "Incorrect API key provided.", code="invalid_api_key", type="authentication_error"
+            )
+
+    def check_model(self, model: str, *, listed: bool) -> None:
+        """Refuse a model name this server does not serve (404, as OpenAI)."""
+        if model == self.name:
+            return
+        message = (
+            f"The model {model!r} does not exist; this server serves {self.name!r}."
+            if listed
+            else f"The model {model!r} does not exist on this server; it serves {self.name!r} (GET /v1/models). "
+            f"Pass model={self.name!r}."
+        )
+        raise APIError(
+            404,
+            message,
+            param="model",
+            code="model_not_found",
+        )
+
+    async def embed(self, body: EmbeddingRequest) -> dict[str, Any]:
+        """The response body of ``POST /v1/embeddings``."""
+        self.check_model(body.model, listed=False)
+        if body.dimensions is not None and body.dimensions != self.dim:
+            raise APIError(
+                400,
+                f"dimensions={body.dimensions} is not available: {self.name!r} gives {self.dim}-dimensional vectors "
+                f"and this server does not shorten them; omit 'dimensions' or pass {self.dim}.",
+                param="dimensions",
+                code="unsupported_dimensions",
+            )
+        limit = self.limits.max_tokens_per_input
+        texts = check_inputs(body.input, max_inputs=self.limits.max_inputs)
+        side = body.input_type or "document"
+        counts = await asyncio.get_running_loop().run_in_executor(self.tokens, self._count_tokens, texts, side)
+        too_long = [(i, n) for i, n in enumerate(counts) if n > limit]
+        if too_long:
+            i, n = too_long[0]
+            others = f" ({len(too_long) - 1} more inputs are too long as well)" if len(too_long) > 1 else ""
+            raise APIError(
+                400,
+                f"input[{i}] has {n} tokens (with its {side} template); the limit is {limit} tokens per input "
+                f"(--max-tokens-per-input){others}. Inputs are never truncated: shorten or split it (whole "
+                "documents belong to `kvemb index`, which chunks them).",
+                param="input",
+                code="input_too_long",
+            )
+        vectors = await self.batcher.embed(texts, side)  # (n, dim)
+        if body.encoding_format == "base64":
+            encoded: list[Any] = [
+                base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii") for v in vectors
+            ]
+        else:
+            encoded = [v.tolist() for v in vectors]
+        total = sum(counts)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
+            "model": self.name,
+            "usage": {"prompt_tokens": total, "total_tokens": total},
+        }
+
+
+def _answer_errors_as_openai(app: FastAPI) -> None:
+    """Every error in OpenAI's ``{"error": {...}}`` shape, the server kept serving."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return _json(exc.body(), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        message, param = _validation_message(exc)
+        return _json(error_body(message, param=param, code="invalid_value"), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            path = request.url.path
+            message = f"No route {request.method} {path}; this server has POST /v1/embeddings and GET /v1/models."
+        else:
+            message = str(exc.detail)
+        return _json(error_body(message, code=None), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        logger.exception("Request %s %s failed", request.method, request.url.path)
+        body = error_body(f"Internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
+        return JSONResponse(body, status_code=500)
+
+
 def create_app(
     embedder: KVEmbedder,
     *,
@@ -83,146 +210,41 @@ def create_app(
         raise ConfigError(f"model_name must be a non-empty str; got {model_name!r}.")
     if api_key is not None and not api_key:
         raise ConfigError("api_key is empty; give a non-empty key, or None for no authentication.")
-    created = int(time.time())
-    dim = embedder.dim
-
-    def encode(texts: list[str], side: str) -> np.ndarray:
-        return embedder.encode(texts, prompt_name=side, show_progress_bar=False)  # (n, dim) float32, unit rows
-
-    batcher = MicroBatcher(encode, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms)
-    tokens = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvemb-tokens")
-
-    def count_tokens(texts: list[str], side: str) -> list[int]:
-        encoded = embedder.tokenizer([embedder.format(t, side) for t in texts])["input_ids"]
-        return [len(ids) for ids in encoded]
+    service = _Service(embedder, name, api_key, limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
-        logger.info("Serving %s (%d dimensions) as %r", embedder, dim, name)
+        await service.batcher.start()
+        logger.info("Serving %s (%d dimensions) as %r", embedder, service.dim, name)
         try:
             yield
         finally:
-            await batcher.close()
-            tokens.shutdown(wait=False)
+            await service.batcher.close()
+            service.tokens.shutdown(wait=False)
 
     app = FastAPI(title="kvemb-rag embeddings", summary="OpenAI-compatible KV-Embedding API", lifespan=lifespan)
-    app.state.batcher = batcher
+    app.state.batcher = service.batcher
     app.state.model_name = name
     app.state.limits = limits
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> Response:
-        return _json(exc.body(), exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        message, param = _validation_message(exc)
-        return _json(error_body(message, param=param, code="invalid_value"), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
-            path = request.url.path
-            message = f"No route {request.method} {path}; this server has POST /v1/embeddings and GET /v1/models."
-        else:
-            message = str(exc.detail)
-        return _json(error_body(message, code=None), exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> Response:
-        logger.exception("Request %s %s failed", request.method, request.url.path)
-        body = error_body(f"Internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
-        return JSONResponse(body, status_code=500)
-
-    async def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if not header or scheme.lower() != "bearer" or not given.strip():
-            raise APIError(
-                401,
-                "Missing API key: send the header 'Authorization: Bearer <key>' (the server was started with "
-                "--api-key; the openai client sends api_key=... this way).",
-                code="invalid_api_key",
-                type="authentication_error",
-            )
-        if not secrets.compare_digest(given.strip().encode(), api_key.encode()):
-            raise APIError(
-                401, "Incorrect API key provided.", code="invalid_api_key", type="authentication_error"
-            )
-
-    model_card = {"id": name, "object": "model", "created": created, "owned_by": "kvemb-rag"}
+    _answer_errors_as_openai(app)
+    keyed = [Depends(service.authorize)]
 
     @app.get("/health")
     async def health() -> Response:
-        return _json({"status": "ok", "model": name, "dimensions": dim})
+        return _json({"status": "ok", "model": name, "dimensions": service.dim})
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models", dependencies=keyed)
     async def models() -> Response:
-        return _json({"object": "list", "data": [model_card]})
+        return _json({"object": "list", "data": [service.model_card]})
 
-    @app.get("/v1/models/{model:path}", dependencies=[Depends(authorize)])
+    @app.get("/v1/models/{model:path}", dependencies=keyed)
     async def model(model: str) -> Response:
-        if model != name:
-            raise APIError(
-                404,
-                f"The model {model!r} does not exist; this server serves {name!r}.",
-                param="model",
-                code="model_not_found",
-            )
-        return _json(model_card)
+        service.check_model(model, listed=True)
+        return _json(service.model_card)
 
-    @app.post("/v1/embeddings", dependencies=[Depends(authorize)])
+    @app.post("/v1/embeddings", dependencies=keyed)
     async def embeddings(body: EmbeddingRequest) -> Response:
-        if body.model != name:
-            raise APIError(
-                404,
-                f"The model {body.model!r} does not exist on this server; it serves {name!r} (GET /v1/models). "
-                f"Pass model={name!r}.",
-                param="model",
-                code="model_not_found",
-            )
-        if body.dimensions is not None and body.dimensions != dim:
-            raise APIError(
-                400,
-                f"dimensions={body.dimensions} is not available: {name!r} gives {dim}-dimensional vectors and "
-                f"this server does not shorten them; omit 'dimensions' or pass {dim}.",
-                param="dimensions",
-                code="unsupported_dimensions",
-            )
-        texts = check_inputs(body.input, max_inputs=limits.max_inputs)
-        side = body.input_type or "document"
-        counts = await asyncio.get_running_loop().run_in_executor(tokens, count_tokens, texts, side)
-        too_long = [(i, n) for i, n in enumerate(counts) if n > limits.max_tokens_per_input]
-        if too_long:
-            i, n = too_long[0]
-            others = f" ({len(too_long) - 1} more inputs are too long as well)" if len(too_long) > 1 else ""
-            raise APIError(
-                400,
-                f"input[{i}] has {n} tokens (with its {side} template); the limit is {limits.max_tokens_per_input} "
-                f"tokens per input (--max-tokens-per-input){others}. Inputs are never truncated: shorten or split "
-                "it (whole documents belong to `kvemb index`, which chunks them).",
-                param="input",
-                code="input_too_long",
-            )
-        vectors = await batcher.embed(texts, side)  # (n, dim)
-        if body.encoding_format == "base64":
-            encoded: list[Any] = [
-                base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii") for v in vectors
-            ]
-        else:
-            encoded = [v.tolist() for v in vectors]
-        total = sum(counts)
-        return _json(
-            {
-                "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
-                "model": name,
-                "usage": {"prompt_tokens": total, "total_tokens": total},
-            }
-        )
+        return _json(await service.embed(body))
 
     return app
 
