@@ -23,6 +23,7 @@ from pydantic import BaseModel, create_model, model_validator
 from kvemb_rag.engine.config import SETTINGS, pydantic_fields, validate_settings
 from kvemb_rag.engine.embedder import KVEmbedder
 from kvemb_rag.engine.shared import shared_embedder
+from kvemb_rag.errors import ConfigError
 
 __all__ = ["EngineSettings", "settings_model"]
 
@@ -51,7 +52,15 @@ class EngineSettings:
 def _check_engine_settings(self: Any) -> Any:
     # The engine's own validation, without loading anything: bad templates or an empty model fail here.
     model, settings = self.engine_request()
-    validate_settings(model, **settings)
+    try:
+        validate_settings(model, **settings)
+    except ConfigError as exc:
+        # The engine names its settings; say which field of this framework that is.
+        names = self.engine_field_names.items()
+        renamed = [f"{field} is the engine's {name}" for name, field in names if f"{name}=" in str(exc)]
+        if renamed:
+            raise ConfigError(f"{exc} ({'; '.join(renamed)})") from exc
+        raise
     return self
 
 

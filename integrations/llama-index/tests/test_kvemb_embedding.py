@@ -72,7 +72,7 @@ def test_model_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     ("kwargs", "message"),
     [
         *INVALID_SETTINGS,
-        ({"embed_batch_size": 0}, r"(?s)embed_batch_size\n.*greater than 0.*input_value=0"),
+        ({"embed_batch_size": 0}, r"batch_size=0 must be an int >= 1\. \(embed_batch_size is the engine's batch_size"),
         ({"model_name": "  "}, BLANK_MODEL),
     ],
 )
