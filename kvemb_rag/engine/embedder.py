@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from kvemb_rag.engine.config import (
     EmbedderConfig,
     LayerSelectionConfig,
 )
-from kvemb_rag.engine.identity import identity_of
+from kvemb_rag.engine.identity import identity_of, settings_from_identity
 from kvemb_rag.engine.loader import LoadedModel, attach_model, load_model
 from kvemb_rag.engine.models import default_model
 from kvemb_rag.engine.pooling import pool
@@ -205,6 +205,26 @@ class KVEmbedder:
             allow_unverified_architecture=bool(settings.get("allow_unverified_architecture", False)),
         )
         return cls._on_loaded(loaded, loaded.name, settings)
+
+    @classmethod
+    def from_identity(cls, identity: Mapping[str, Any], **overrides: Any) -> KVEmbedder:
+        """The embedder a store's collection was indexed with, rebuilt from its recorded identity.
+
+        The recorded layers are explicit, so no layer selection runs.
+
+        Args:
+            identity: An embedder identity (:attr:`identity`, e.g. :attr:`kvemb_rag.store.KVStore.identity`).
+            **overrides: Other settings (``device``, ``cache_dir``, ``model`` to load the same weights from
+                another location...).
+
+        Returns:
+            The embedder; its identity equals ``identity`` unless an override changes it.
+
+        Raises:
+            ConfigError: ``identity`` lacks the ``model`` entry.
+        """
+        settings = {**settings_from_identity(identity), **overrides}
+        return cls(str(settings.pop("model")), **settings)
 
     @classmethod
     def _on_loaded(cls, loaded: LoadedModel, model: str, settings: dict[str, Any]) -> KVEmbedder:

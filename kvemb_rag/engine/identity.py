@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kvemb_rag.engine.config import VECTOR_SETTINGS, EmbedderConfig
 from kvemb_rag.errors import ConfigError
 
-if TYPE_CHECKING:
-    from kvemb_rag.engine.embedder import KVEmbedder
-
 __all__ = [
     "IDENTITY_SETTINGS",
     "canonical_json",
-    "embedder_from_identity",
     "identity_differences",
     "identity_of",
     "settings_from_identity",
@@ -103,23 +99,3 @@ def settings_from_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     if settings.get("pooling") == "echo":  # echo takes no pooling setting
         settings.pop("pooling")
     return settings
-
-
-def embedder_from_identity(identity: Mapping[str, Any], **overrides: Any) -> KVEmbedder:
-    """Build the embedder a collection was indexed with, from its stored identity.
-
-    Args:
-        identity: An embedder identity (:attr:`KVEmbedder.identity`, e.g. :attr:`KVStore.identity`).
-        **overrides: Other :class:`KVEmbedder` keyword arguments (``device``, ``cache_dir``, ``model`` to load
-            the same weights from another location...).
-
-    Returns:
-        The embedder; its identity equals ``identity`` unless an override changes it.
-
-    Raises:
-        ConfigError: ``identity`` lacks the ``model`` entry.
-    """
-    from kvemb_rag.engine.embedder import KVEmbedder
-
-    settings = {**settings_from_identity(identity), **overrides}
-    return KVEmbedder(str(settings.pop("model")), **settings)

@@ -67,7 +67,6 @@ from kvemb_rag.store.errors import (
     EmbedderMismatchError,
     IncompatibleCollectionError,
     KVStoreError,
-    embedder_from_identity,
     identity_differences,
 )
 from kvemb_rag.store.indexing import _LOOKUP_DOCS, index_documents
@@ -80,7 +79,7 @@ from kvemb_rag.store.records import (
     ProgressCallback,
     _meta_key,
 )
-from kvemb_rag.store.sync import indexing_embedder, resolve_model, sync_sources
+from kvemb_rag.store.sync import embedder_from_identity, indexing_embedder, resolve_model, sync_sources
 
 if TYPE_CHECKING:
     import numpy as np

@@ -35,7 +35,7 @@ import numpy as np
 from kvemb_rag.engine.identity import IDENTITY_SETTINGS
 from kvemb_rag.errors import ConfigError
 from kvemb_rag.store.documents import Document
-from kvemb_rag.store.errors import EmbedderMismatchError, embedder_from_identity, identity_differences
+from kvemb_rag.store.errors import EmbedderMismatchError, identity_differences
 from kvemb_rag.store.indexing import BulkEmbed, index_documents
 from kvemb_rag.store.records import IndexSummary, ProgressCallback, _Pending
 
@@ -102,7 +102,9 @@ class EmbedActor:
     """
 
     def __init__(self, identity: Mapping[str, Any], settings: Mapping[str, Any], collection: str) -> None:
-        self.embedder = embedder_from_identity(identity, **settings)
+        from kvemb_rag.engine.embedder import KVEmbedder  # in the actor's process
+
+        self.embedder = KVEmbedder.from_identity(identity, **settings)
         current = self.embedder.identity
         if identity_differences(identity, current):
             raise EmbedderMismatchError(collection, identity, current)

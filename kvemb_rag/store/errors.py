@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kvemb_rag.engine.identity import embedder_from_identity, identity_differences
+from kvemb_rag.engine.identity import identity_differences
 from kvemb_rag.errors import KVEmbError
 
 __all__ = [
@@ -13,7 +13,6 @@ __all__ = [
     "EmbedderMismatchError",
     "IncompatibleCollectionError",
     "KVStoreError",
-    "embedder_from_identity",
     "identity_differences",
 ]
 

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from kvemb_rag.store import KVStore
     from kvemb_rag.store.distributed import RayIndexConfig
 
-__all__ = ["indexing_embedder", "resolve_model", "sync_sources"]
+__all__ = ["embedder_from_identity", "indexing_embedder", "resolve_model", "sync_sources"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,13 @@ def resolve_model(model: str) -> str:
     """
     path = Path(model).expanduser()
     return str(path.resolve()) if path.exists() else model
+
+
+def embedder_from_identity(identity: Mapping[str, Any], **overrides: Any) -> KVEmbedder:
+    """:meth:`KVEmbedder.from_identity <kvemb_rag.KVEmbedder.from_identity>`, importing the engine on first use."""
+    from kvemb_rag.engine.embedder import KVEmbedder
+
+    return KVEmbedder.from_identity(identity, **overrides)
 
 
 def indexing_embedder(store: KVStore, model: str | None = None, **overrides: Any) -> KVEmbedder:
@@ -73,7 +80,6 @@ def indexing_embedder(store: KVStore, model: str | None = None, **overrides: Any
     """
     from kvemb_rag.engine.embedder import KVEmbedder
     from kvemb_rag.engine.models import default_model
-    from kvemb_rag.store import embedder_from_identity
 
     stored = store.identity
     if model is None and stored is not None:
