@@ -28,7 +28,7 @@ INVALID_SETTINGS: list[tuple[dict[str, Any], str]] = [
     ({"dtype": "int8"}, r"dtype='int8' is not valid; choose one of: 'float32', 'bfloat16', 'float16'"),
     ({"max_length": 4}, r"max_length=4 must be an int >= 8"),
     ({"layers": "middle"}, r"(?s)layers.*'auto'.*input_value='middle'"),
-    ({"layers": [-1]}, r"layers=\(-1,\): indices must be distinct and >= 0"),
+    ({"layers": [-1]}, r"layers=\[-1\]: indices must be distinct and >= 0"),
     ({"query_template": "no placeholder"}, r"query_template='no placeholder' contains '\{text\}' 0 time\(s\)"),
     (
         {"document_template": "{text} and {other}"},

@@ -244,9 +244,9 @@ class EmbedderConfig:
         else:
             layers = tuple(self.layers)
             if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-                raise ConfigError(f"layers={self.layers!r}: every layer index must be an int.")
+                raise ConfigError(f"layers={list(layers)!r}: every layer index must be an int.")
             if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
-                raise ConfigError(f"layers={self.layers!r}: indices must be distinct and >= 0 (0 = first layer).")
+                raise ConfigError(f"layers={list(layers)!r}: indices must be distinct and >= 0 (0 = first layer).")
             object.__setattr__(self, "layers", tuple(sorted(layers)))
         if isinstance(self.bias, bool) or not isinstance(self.bias, (int, float)) or not math.isfinite(self.bias):
             raise ConfigError(f"bias={self.bias!r} must be a finite number; the method uses 1.0.")
