@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
@@ -168,12 +168,7 @@ def _parse(config: dict[str, Any]) -> EmbedderConfig:
     unknown = sorted(set(config) - set(STORED_SETTINGS))
     if unknown:
         raise ConfigError(f"Unknown kvemb embedding-function settings {unknown}; valid: {list(STORED_SETTINGS)}.")
-    model = config.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise ConfigError(
-            f"model={model!r}: give a hub name, a local folder or .gguf file, or a bundled model such as "
-            f"{DEFAULT_MODEL!r}."
-        )
+    model = cast(str, config.get("model"))  # EmbedderConfig names a missing or blank model
     return validate_settings(model, **{k: v for k, v in config.items() if k != "model"}).explicit()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -188,7 +188,7 @@ class EmbedderConfig:
     strategy: Strategy = field(
         default="kv", metadata=_meta('"kv" is KV-Embedding, the other strategies its baselines.', vectors=True)
     )
-    layers: Literal["auto"] | tuple[int, ...] = field(
+    layers: Literal["auto"] | Sequence[int] = field(
         default="auto", metadata=_meta('"auto" (the selection rule) or 0-based layers to re-route.', vectors=True)
     )
     bias: float = field(default=1.0, metadata=_meta("Logit bias of the re-routed key/value slot.", vectors=True))
@@ -375,7 +375,7 @@ def selection_from_dict(values: Mapping[str, Any]) -> LayerSelectionConfig:
 def pydantic_fields(rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The settings as pydantic field definitions, for adapters' models (``pydantic.create_model``).
 
-    Each field has the setting's type (``layers`` as a JSON list), default and one-line description;
+    Each field has the setting's type, default and one-line description;
     validation of the values stays in :class:`EmbedderConfig` (see :mod:`kvemb_rag.adapters`).
 
     Args:
@@ -389,7 +389,7 @@ def pydantic_fields(rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
 
     names = rename or {}
-    hints = {**get_type_hints(EmbedderConfig), "layers": Literal["auto"] | list[int]}
+    hints = get_type_hints(EmbedderConfig)
     result: dict[str, Any] = {}
     for f in fields(EmbedderConfig):
         doc = f.metadata["doc"]

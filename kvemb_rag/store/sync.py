@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,36 +133,36 @@ def sync_sources(
     sync = _sync_function(store, ray)
     total = sum(len(documents) for _, documents in batches)
     summary = IndexSummary()
-    done = IndexProgress(0, total, 0, 0, 0, 0)  # counts of the sources already synchronised
+    offset = IndexProgress(0, total, 0, 0, 0, 0)  # where the sources already synchronised left the counts
     for source, documents in batches:
         if not documents:
             logger.warning("No documents from %s; its stored documents are left as they are.", source)
             continue
-        last = [done]
+        latest = [offset]
 
-        def report(event: IndexProgress, before: IndexProgress = done, last: list[IndexProgress] = last) -> None:
-            last[0] = IndexProgress(
-                documents_done=before.documents_done + event.documents_done,
-                documents_total=total,
-                chunks_embedded=before.chunks_embedded + event.chunks_embedded,
-                chunks_to_embed=before.chunks_embedded + event.chunks_to_embed,
-                records_written=before.records_written + event.records_written,
-                write_batches=before.write_batches + event.write_batches,
-            )
+        def report(event: IndexProgress, base: IndexProgress = offset, latest: list[IndexProgress] = latest) -> None:
+            latest[0] = _after(base, event)
             if progress is not None:
-                progress(last[0])
+                progress(latest[0])
 
-        result = sync(documents, source, overlap, report)
-        summary = summary + result
-        done = IndexProgress(
-            documents_done=done.documents_done + len(documents),
-            documents_total=total,
-            chunks_embedded=done.chunks_embedded + result.chunks_embedded,
-            chunks_to_embed=done.chunks_embedded + result.chunks_embedded,
-            records_written=done.records_written + result.records_written,
-            write_batches=last[0].write_batches,
+        summary = summary + sync(documents, source, overlap, report)
+        done = latest[0]  # every chunk this source needed is embedded now
+        offset = replace(
+            done, documents_done=offset.documents_done + len(documents), chunks_to_embed=done.chunks_embedded
         )
     return summary
+
+
+def _after(base: IndexProgress, event: IndexProgress) -> IndexProgress:
+    """``event`` of one source's run, counted on top of the sources before it (``base``)."""
+    return IndexProgress(
+        documents_done=base.documents_done + event.documents_done,
+        documents_total=base.documents_total,
+        chunks_embedded=base.chunks_embedded + event.chunks_embedded,
+        chunks_to_embed=base.chunks_embedded + event.chunks_to_embed,
+        records_written=base.records_written + event.records_written,
+        write_batches=base.write_batches + event.write_batches,
+    )
 
 
 def _sync_function(store: KVStore, config: RayIndexConfig | None) -> _Sync:

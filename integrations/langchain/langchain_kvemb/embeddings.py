@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
     class _Settings(_Base, EngineSettings):  # what type checkers see of the derived fields used below
         model: str
-        batch_size: int
 
 else:
     # One field per engine setting (model, strategy, layers, bias, pooling, device, dtype, max_length,
@@ -74,7 +73,7 @@ class KVEmbeddings(_Settings, Embeddings):
         if not texts:
             return []
         vectors = self.engine.encode_document(
-            list(texts), batch_size=self.batch_size, show_progress_bar=self.show_progress
+            list(texts), show_progress_bar=self.show_progress
         )
         result: list[list[float]] = vectors.tolist()
         return result
@@ -94,7 +93,7 @@ class KVEmbeddings(_Settings, Embeddings):
         """
         if not isinstance(text, str):
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}: {text!r:.80}.")
-        vector = self.engine.encode_query(text, batch_size=self.batch_size, show_progress_bar=False)
+        vector = self.engine.encode_query(text, show_progress_bar=False)
         result: list[float] = vector.tolist()
         return result
 

@@ -133,7 +133,7 @@ class KVEmbedding(_Settings):
         if not texts:
             return []
         vectors = self.engine.encode_document(
-            list(texts), batch_size=self.embed_batch_size, show_progress_bar=False
+            list(texts), show_progress_bar=False
         )
         result: list[Embedding] = vectors.tolist()
         return result
