@@ -42,6 +42,7 @@ from rich.markup import escape
 from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
 from kvemb_rag.errors import ConfigError, KVEmbError
 from kvemb_rag.store import DEFAULT_CHUNK_SIZE, resolve_model  # chromadb is imported when a store opens
+from kvemb_rag.store.search import DEFAULT_MODE, SEARCH_MODES, check_mode
 from kvemb_rag.tables import collection_table, hits_table, layers_table, summary_table
 
 if TYPE_CHECKING:
@@ -296,12 +297,20 @@ def search(
     where: Annotated[
         str | None, typer.Option("--where", help='Chroma metadata filter as JSON, e.g. \'{"lang": "en"}\'.')
     ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help=f"{' | '.join(SEARCH_MODES)}: KV-Embedding and BM25 fused (default {DEFAULT_MODE}), or one leg.",
+        ),
+    ] = None,
     device: DeviceOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Search a collection with the embedder it was built with."""
+    """Search a collection with the embedder it was built with (hybrid: KV-Embedding fused with BM25)."""
     with _user_errors():
+        mode = check_mode(mode)
         filters = None
         if where is not None:
             try:
@@ -314,13 +323,19 @@ def search(
         try:
             store.info()  # fails fast on an unknown collection, before the model loads
             store.load_embedder(**_given(device=device))
-            hits = store.query(query, k, per_document=per_document, where=filters)
+            hits = store.query(query, k, per_document=per_document, where=filters, mode=mode)
         finally:
             store.close()
     if as_json:
         print(
             json.dumps(
-                {"query": query, "collection": collection, "hits": [h.to_dict() for h in hits]}, indent=2
+                {
+                    "query": query,
+                    "collection": collection,
+                    "mode": mode,
+                    "hits": [h.to_dict() for h in hits],
+                },
+                indent=2,
             )
         )
     else:

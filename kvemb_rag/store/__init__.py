@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +49,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from kvemb_rag.engine.identity import canonical_json
+from kvemb_rag.engine.models import cache_directory
 from kvemb_rag.errors import ConfigError, InputError
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
@@ -55,7 +57,6 @@ from kvemb_rag.store.collection_io import (
     _FORMAT_VERSION,
     _IDENTITY_KEY,
     _OVERLAP_KEY,
-    _decode_metadata,
     _make_settings,
     _parse_url,
     _recorded_int,
@@ -70,6 +71,7 @@ from kvemb_rag.store.errors import (
     identity_differences,
 )
 from kvemb_rag.store.indexing import _LOOKUP_DOCS, index_documents
+from kvemb_rag.store.lexical import LexicalIndex, LexicalIndexFolder, mark_records_changed
 from kvemb_rag.store.records import (
     CollectionInfo,
     DocKey,
@@ -79,6 +81,7 @@ from kvemb_rag.store.records import (
     ProgressCallback,
     _meta_key,
 )
+from kvemb_rag.store.search import DEFAULT_FUSION, DEFAULT_MODE, SEARCH_MODES, Fusion, check_mode, search_chunks
 from kvemb_rag.store.sync import embedder_from_identity, indexing_embedder, resolve_model, sync_sources
 
 if TYPE_CHECKING:
@@ -91,19 +94,24 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_COLLECTION",
+    "DEFAULT_FUSION",
+    "DEFAULT_MODE",
     "DEFAULT_PATH",
     "RESERVED_METADATA_KEYS",
+    "SEARCH_MODES",
     "CollectionInfo",
     "CollectionNotFoundError",
     "DocKey",
     "Document",
     "EmbedderMismatchError",
+    "Fusion",
     "Hit",
     "IncompatibleCollectionError",
     "IndexProgress",
     "IndexSummary",
     "KVStore",
     "KVStoreError",
+    "LexicalIndex",
     "ProgressCallback",
     "SkippedFile",
     "embedder_from_identity",
@@ -130,7 +138,8 @@ _SPACE = "cosine"
 _DEFAULT_WRITE_BATCH = 256
 # Grouped search: chunks fetched per wanted document at first, and the growth factor of re-fetches.
 _GROUP_FETCH_FACTOR = 4
-_HASH_CHARS_IN_ID = 16
+# The folder of lexical indexes inside an on-disk store.
+_LEXICAL_FOLDER = "kvemb-lexical"
 
 class KVStore:
     """Documents chunked, embedded with a :class:`KVEmbedder` and stored in a Chroma collection.
@@ -219,6 +228,7 @@ class KVStore:
         self.write_batch_size = write_batch_size
         self._collection: Collection | None = None
         self._checked_identity: str | None = None
+        self._lexical = LexicalIndexFolder(self._lexical_root(), self._client)
 
     # ------------------------------------------------------------------------------------- basics
     def __repr__(self) -> str:
@@ -392,8 +402,10 @@ class KVStore:
 
     def delete_collection(self) -> None:
         """Delete the whole collection (all records and its identity); a no-op when it does not exist."""
-        if self._find_collection() is not None:
+        col = self._find_collection()
+        if col is not None:
             self._client.delete_collection(self.collection_name)
+            self._lexical.drop(str(col.id))
         self._collection = None
         self._checked_identity = None
 
@@ -585,7 +597,10 @@ class KVStore:
         if col is None or not ids:
             return 0
         stored = self._stored_records(col, ids, lambda key: source is None or key[0] == source)
-        return self._delete_records(col, stored)[0]
+        deleted = self._delete_records(col, stored)[0]
+        if deleted:
+            self._refresh_lexical("documents were deleted")
+        return deleted
 
     def _stored_records(
         self, col: Collection, doc_ids: Sequence[str], wanted: Callable[[DocKey], bool]
@@ -605,6 +620,8 @@ class KVStore:
     ) -> tuple[int, int]:
         """Delete the given documents' records; returns (documents, records deleted)."""
         ids = [record_id for records in by_doc.values() for record_id in records]
+        if ids:
+            mark_records_changed(col)
         for batch in _slices(ids, self._batch_size()):
             col.delete(ids=list(batch))
         return len(by_doc), len(ids)
@@ -616,40 +633,64 @@ class KVStore:
         *,
         per_document: bool = False,
         where: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        fusion: Fusion | None = None,
     ) -> list[Hit]:
         """Search the collection.
 
         Args:
-            text: The query (embedded with :meth:`KVEmbedder.encode_query`).
+            text: The query (embedded with :meth:`KVEmbedder.encode_query` for the dense leg).
             k: Number of hits (chunks; documents with ``per_document``).
             per_document: Return the best chunk of each of the ``k`` best documents instead of the ``k`` best
                 chunks (more chunks are fetched until ``k`` documents are found or the collection is
                 exhausted).
             where: A Chroma metadata filter, e.g. ``{"lang": "en"}`` or ``{"doc_id": {"$in": [...]}}``.
+            mode: ``"hybrid"`` (default: KV-Embedding and BM25 fused), ``"dense"`` or ``"lexical"`` (see
+                :mod:`kvemb_rag.store.search`). Lexical search needs no embedder unless the query has no
+                term in the index, which falls back to dense ranking.
+            fusion: How hybrid search fuses its legs; default :data:`~kvemb_rag.store.search.DEFAULT_FUSION`.
 
         Returns:
-            Hits, best first (score = cosine similarity).
+            Hits, best first (score: cosine similarity in dense mode, BM25 in lexical mode, the fused score in
+            hybrid mode).
 
         Raises:
             CollectionNotFoundError: Nothing was indexed into the collection.
             EmbedderMismatchError: The store's embedder is not the collection's.
-            ValueError: ``k`` < 1, an empty query, or no embedder.
+            ValueError: ``k`` < 1, an empty query, an unknown mode, or no embedder where one is needed.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be an int >= 1; got {k!r}.")
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"The query must be a non-empty string; got {text!r}.")
+        mode = check_mode(mode)
+        if fusion is not None and not isinstance(fusion, Fusion):
+            raise ConfigError(f"fusion must be a kvemb_rag.store.Fusion; got {fusion!r}.")
         col = self._require_collection()
-        self._check_embedder(col)
+        if mode != "lexical":
+            self._check_embedder(col)
         total = col.count()
         if total == 0:
             return []
-        vector = self._require_embedder().encode_query(text, show_progress_bar=False)  # (dim,)
+        vector: list[np.ndarray] = []
+
+        def query_vector() -> np.ndarray:
+            if not vector:
+                self._check_embedder(col)
+                vector.append(self._require_embedder().encode_query(text, show_progress_bar=False))  # (dim,)
+            return vector[0]
+
+        def search(n: int) -> list[Hit]:
+            return search_chunks(
+                col, text, n, mode=mode, fusion=fusion or DEFAULT_FUSION, where=where,
+                query_vector=query_vector, lexical_index=self._refresh_lexical,
+            )
+
         if not per_document:
-            return self._query_chunks(col, vector, min(k, total), where)
+            return search(min(k, total))
         fetch = min(total, k * _GROUP_FETCH_FACTOR)
         while True:
-            hits = self._query_chunks(col, vector, fetch, where)
+            hits = search(fetch)
             best: dict[DocKey, Hit] = {}
             for hit in hits:
                 best.setdefault((hit.source, hit.doc_id), hit)
@@ -657,33 +698,26 @@ class KVStore:
                 return list(best.values())[:k]
             fetch = min(total, fetch * _GROUP_FETCH_FACTOR)
 
-    def _query_chunks(
-        self, col: Collection, vector: np.ndarray, n: int, where: Mapping[str, Any] | None
-    ) -> list[Hit]:
-        result = col.query(
-            query_embeddings=[vector.tolist()],
-            n_results=n,
-            where=dict(where) if where else None,
-            include=["documents", "metadatas", "distances"],
-        )
-        ids = result["ids"][0]
-        documents = (result["documents"] or [[]])[0]
-        metadatas = (result["metadatas"] or [[]])[0]
-        distances = (result["distances"] or [[]])[0]
-        hits = []
-        for record_id, text, stored, distance in zip(ids, documents, metadatas, distances, strict=True):
-            meta: dict[str, Any] = dict(stored or {})
-            hits.append(
-                Hit(
-                    score=1.0 - float(distance),
-                    doc_id=str(meta.get("doc_id", record_id)),
-                    chunk_index=int(meta.get("chunk_index", 0)),
-                    start=int(meta.get("start", 0)),
-                    end=int(meta.get("end", len(text or ""))),
-                    text=text or "",
-                    metadata=_decode_metadata(meta),
-                    source=str(meta["source"]) if "source" in meta else None,
-                    id=record_id,
-                )
-            )
-        return hits
+    # ---------------------------------------------------------------------------------- lexical index
+    def _lexical_root(self) -> Path:
+        """Where this store keeps its lexical indexes (see :mod:`kvemb_rag.store.lexical`)."""
+        if self.path is not None:
+            return self.path / _LEXICAL_FOLDER
+        settings: Any = self._client.get_settings()
+        if self.url is None and getattr(settings, "is_persistent", False) and settings.persist_directory:
+            return Path(settings.persist_directory) / _LEXICAL_FOLDER
+        where = re.sub(r"[^A-Za-z0-9._-]+", "_", self.url or "client")
+        return cache_directory() / "lexical" / where
+
+    def _refresh_lexical(self, reason: str | None = None) -> LexicalIndex:
+        """The collection's lexical index as of its current records (rebuilt from them when stale)."""
+        col = self._lexical.reread(self._require_collection())
+        return self._lexical.fresh(col, reason=reason)
+
+    def lexical_index(self) -> LexicalIndex:
+        """The collection's BM25 index, as of its current records (rebuilt from them when missing or older).
+
+        Raises:
+            CollectionNotFoundError: The collection does not exist.
+        """
+        return self._refresh_lexical()

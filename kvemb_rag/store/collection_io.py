@@ -16,6 +16,8 @@ _IDENTITY_KEY = "kvemb_identity"
 _FORMAT_KEY = "kvemb_format"
 _OVERLAP_KEY = "kvemb_overlap"
 _CHUNK_SIZE_KEY = "kvemb_chunk_size"
+# A new random value before every write or delete of records: what the lexical index is checked against.
+_RECORDS_VERSION_KEY = "kvemb_records_version"
 _FORMAT_VERSION = 1
 # Characters of the content hash in a record id.
 _HASH_CHARS_IN_ID = 16
@@ -25,6 +27,16 @@ def _recorded_int(col: Any, key: str) -> int | None:
     """An int the store recorded in the collection's metadata (``None`` when absent or not an int)."""
     value = (col.metadata or {}).get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _update_metadata(col: Any, changes: Mapping[str, Any]) -> None:
+    """Set keys of ``col``'s metadata and keep the others.
+
+    Chroma replaces the whole mapping and refuses to modify the ``hnsw:*`` creation settings, so those are
+    left out.
+    """
+    kept = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
+    col.modify(metadata={**kept, **changes})
 
 
 def _make_settings() -> Any:

@@ -22,8 +22,10 @@ from kvemb_rag.store.collection_io import (
     _record_id,
     _recorded_int,
     _slices,
+    _update_metadata,
 )
 from kvemb_rag.store.documents import Document
+from kvemb_rag.store.lexical import mark_records_changed
 from kvemb_rag.store.records import (
     DocKey,
     IndexProgress,
@@ -101,8 +103,7 @@ def index_documents(
     chunk_size = store._resolve_chunk_size(col, embedder)
     if _recorded_int(col, _OVERLAP_KEY) != overlap or _recorded_int(col, _CHUNK_SIZE_KEY) != chunk_size:
         # Remembered so that a later run without explicit settings chunks the same way.
-        kept = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
-        col.modify(metadata={**kept, _OVERLAP_KEY: overlap, _CHUNK_SIZE_KEY: chunk_size})
+        _update_metadata(col, {_OVERLAP_KEY: overlap, _CHUNK_SIZE_KEY: chunk_size})
     indexer = _Indexer(store, col, embedder, (chunk_size, overlap), store._batch_size(), len(docs), progress)
     if bulk_embed is None:
         indexer.embed_here(docs)
@@ -110,6 +111,8 @@ def index_documents(
         indexer.embed_elsewhere(docs, bulk_embed)
     removed = 0 if sync_source is None else indexer.remove_vanished(sync_source, docs)
     counters = indexer.counters
+    if counters.records_written or counters.records_deleted:
+        store._refresh_lexical("the records changed")
     summary = IndexSummary(
         documents=len(docs),
         chunks=counters.chunks,
@@ -277,6 +280,7 @@ class _Indexer:
         """Upsert records whose vectors are set (``embedded`` of them computed in this run)."""
         if not items:
             return
+        mark_records_changed(self.col)
         self.col.upsert(
             ids=[p.id for p in items],
             embeddings=cast(Any, [p.embedding for p in items]),
@@ -296,6 +300,8 @@ class _Indexer:
         self._report()
 
     def _delete_ids(self, ids: Sequence[str]) -> None:
+        if ids:
+            mark_records_changed(self.col)
         for part in _slices(ids, self.batch):
             self.col.delete(ids=list(part))
         self.counters.records_deleted += len(ids)

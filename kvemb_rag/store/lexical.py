@@ -1,0 +1,259 @@
+"""The store's lexical (BM25) index: derived from the collection's records, persisted beside it, never stale.
+
+Chroma's local client has no keyword search, so the store keeps one itself: BM25 over every record's chunk
+text, with ``bm25s`` (Lucene's BM25, ``k1=1.2``, ``b=0.75``, English stopwords, Snowball stemming from
+``PyStemmer``), chosen on dev data (``docs/hybrid-search.md``).
+
+**Consistency protocol.** The index is a pure function of the collection's records, so it is never
+updated in place: it is rebuilt from the records and saved with the *records version* it reflects.
+
+* Every store write or delete first stamps the collection metadata with a new records version
+  (:func:`mark_records_changed`), so an index saved earlier is recognisably older, even when the run that
+  wrote was killed before it could rebuild its index.
+* An indexing run ends by rebuilding the index when it changed the records; reading the records is
+  bracketed by two reads of the version, and an index whose records changed under it is not saved as fresh.
+* Before a lexical or hybrid search, the saved index is compared with the collection's current records
+  version and record count; an index that is missing, older, or from another format or setting is rebuilt
+  from the records, with a log line.
+
+**Where it lives.** Beside an on-disk collection: ``<store path>/kvemb-lexical/<collection id>/``. For a
+collection on a Chroma server, or a client passed in, it lives in this machine's kvemb-rag cache
+(``$KVEMB_CACHE_DIR/lexical/<server>/<collection id>``) and is rebuilt from the server's records whenever
+they changed (each machine keeps its own copy). Deleting the collection deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Collection as AbstractSet
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kvemb_rag.store.collection_io import _RECORDS_VERSION_KEY, _update_metadata
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+__all__ = ["LEXICAL_SETTINGS", "LexicalIndex", "LexicalIndexFolder", "mark_records_changed"]
+
+logger = logging.getLogger(__name__)
+
+#: What the lexical leg is: part of a saved index's state, so an index made with other settings is rebuilt.
+LEXICAL_SETTINGS: dict[str, Any] = {
+    "library": "bm25s",
+    "method": "lucene",
+    "k1": 1.2,
+    "b": 0.75,
+    "stopwords": "en",
+    "stemmer": "english",
+    "format": 1,
+}
+_STATE = "state.json"
+_RECORDS = "records.json"
+_READ_PAGE = 2048
+
+
+def mark_records_changed(col: Collection) -> None:
+    """Stamp ``col`` with a new records version (call before every write or delete of its records)."""
+    _update_metadata(col, {_RECORDS_VERSION_KEY: uuid.uuid4().hex})
+
+
+def records_version(col: Collection) -> str | None:
+    """The collection's current records version (``None`` for a collection never written by this release)."""
+    value = (col.metadata or {}).get(_RECORDS_VERSION_KEY)
+    return value if isinstance(value, str) else None
+
+
+def _tokenize(texts: Sequence[str]) -> list[list[str]]:
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer(LEXICAL_SETTINGS["stemmer"])
+    tokens = bm25s.tokenize(
+        list(texts), stopwords=LEXICAL_SETTINGS["stopwords"], stemmer=stemmer, return_ids=False, show_progress=False
+    )
+    return [list(t) for t in tokens]
+
+
+@dataclass
+class LexicalIndex:
+    """BM25 over a collection's records.
+
+    Attributes:
+        ids: Record ids, in the index's order.
+        version: The records version the index reflects.
+        retriever: The ``bm25s.BM25`` index (``None`` when there are no records).
+    """
+
+    ids: list[str]
+    version: str | None
+    retriever: Any = None
+
+    def __post_init__(self) -> None:
+        self._position = {record_id: i for i, record_id in enumerate(self.ids)}
+
+    @classmethod
+    def build(cls, ids: Sequence[str], texts: Sequence[str], version: str | None) -> LexicalIndex:
+        """Index ``texts`` (one per record id)."""
+        if not ids:
+            return cls([], version)
+        import bm25s
+
+        settings = LEXICAL_SETTINGS
+        retriever = bm25s.BM25(k1=settings["k1"], b=settings["b"], method=settings["method"])
+        retriever.index(_tokenize(texts), show_progress=False)
+        return cls(list(ids), version, retriever)
+
+    def scores(self, query: str) -> np.ndarray | None:
+        """BM25 score of every record for ``query`` (``(n_records,)``), ``None`` when no query term is indexed."""
+        if self.retriever is None:
+            return None
+        term_ids = self.retriever.get_tokens_ids(_tokenize([query])[0])
+        if not term_ids:
+            return None
+        scores = np.asarray(self.retriever.get_scores_from_ids(term_ids), dtype=np.float32)  # (n_records,)
+        return scores if float(scores.max(initial=0.0)) > 0.0 else None
+
+    def top(self, scores: np.ndarray, n: int, allowed: AbstractSet[str] | None = None) -> list[tuple[str, float]]:
+        """The ``n`` best records with a positive score (of ``allowed`` ids when given), best first."""
+        if allowed is not None:
+            mask = np.zeros(len(self.ids), dtype=bool)  # (n_records,)
+            mask[[self._position[i] for i in allowed if i in self._position]] = True
+            scores = np.where(mask, scores, 0.0)
+        positive = int((scores > 0).sum())
+        n = min(n, positive)
+        if n <= 0:
+            return []
+        best = np.argpartition(-scores, n - 1)[:n]  # (n,) unordered
+        best = best[np.lexsort((best, -scores[best]))]  # by score, then index order (deterministic)
+        return [(self.ids[i], float(scores[i])) for i in best]
+
+    def score_of(self, scores: np.ndarray, record_id: str) -> float:
+        """The score of one record in ``scores`` (0 for a record the index does not hold)."""
+        position = self._position.get(record_id)
+        return 0.0 if position is None else float(scores[position])
+
+    # ---------------------------------------------------------------------------------- persistence
+    def save(self, folder: Path) -> None:
+        """Write the index to ``folder``, replacing what is there (a kill leaves the old one or none)."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        if self.retriever is not None:
+            self.retriever.save(str(staging), show_progress=False)
+        (staging / _RECORDS).write_text(json.dumps(self.ids), encoding="utf-8")
+        state = {"version": self.version, "records": len(self.ids), "settings": LEXICAL_SETTINGS}
+        (staging / _STATE).write_text(json.dumps(state), encoding="utf-8")  # last: marks the folder complete
+        retired = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+        if folder.exists():
+            folder.rename(retired)
+        staging.rename(folder)
+        shutil.rmtree(retired, ignore_errors=True)
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple[LexicalIndex | None, str]:
+        """The index saved in ``folder``, or ``None`` and why it cannot be used."""
+        try:
+            state = json.loads((folder / _STATE).read_text(encoding="utf-8"))
+            if state.get("settings") != LEXICAL_SETTINGS:
+                return None, "made with other settings"
+            ids = json.loads((folder / _RECORDS).read_text(encoding="utf-8"))
+            retriever = None
+            if ids:
+                import bm25s
+
+                retriever = bm25s.BM25.load(str(folder), show_progress=False)
+        except FileNotFoundError:
+            return None, "missing"
+        except (OSError, ValueError) as exc:
+            return None, f"unreadable ({exc})"
+        if len(ids) != state.get("records"):
+            return None, "incomplete"
+        return cls(ids, state.get("version"), retriever), "saved"
+
+
+class LexicalIndexFolder:
+    """Where a store keeps its collections' lexical indexes, and the rule that keeps each one fresh.
+
+    Args:
+        root: The folder holding one sub-folder per collection id.
+        client: The ``chromadb`` client of the collections (to re-read their metadata).
+    """
+
+    def __init__(self, root: Path, client: ClientAPI) -> None:
+        self.root = root
+        self.client = client
+        self._loaded: dict[str, LexicalIndex] = {}
+
+    def folder(self, col: Collection) -> Path:
+        """The folder of ``col``'s index."""
+        return self.root / str(col.id)
+
+    def fresh(self, col: Collection, *, reason: str | None = None) -> LexicalIndex:
+        """``col``'s index as of its current records: loaded, or rebuilt (and saved) when stale.
+
+        Args:
+            col: The collection, with metadata read just now.
+            reason: Why a rebuild is expected (logged at INFO instead of WARNING), e.g. after indexing.
+        """
+        version, count = records_version(col), col.count()
+        key = str(col.id)
+        index = self._loaded.get(key)
+        if index is None or index.version != version or len(index.ids) != count:
+            index, why = LexicalIndex.load(self.folder(col))
+            if index is not None and (index.version != version or len(index.ids) != count):
+                why = f"older than the collection ({len(index.ids)} records indexed, {count} stored)"
+                index = None
+            if index is None:
+                log = logger.info if reason or (why == "missing" and count == 0) else logger.warning
+                log("Rebuilding the lexical index of collection %r from its %d records (%s)", col.name, count,
+                    reason or f"the saved one is {why}")
+                index = self._rebuild(col)
+            self._loaded[key] = index
+        return index
+
+    def _rebuild(self, col: Collection) -> LexicalIndex:
+        for _ in range(3):
+            before = records_version(self.reread(col))
+            ids, texts = _read_records(col)
+            after = self.reread(col)
+            index = LexicalIndex.build(ids, texts, before)
+            if records_version(after) == before and after.count() == len(ids):
+                index.save(self.folder(col))
+                return index
+        logger.warning("Collection %r kept changing while its lexical index was rebuilt; not saved", col.name)
+        return LexicalIndex.build(ids, texts, None)
+
+    def reread(self, col: Collection) -> Collection:
+        """``col`` with its metadata read again from the database (another process may have written)."""
+        return self.client.get_collection(col.name, embedding_function=None)
+
+    def drop(self, collection_id: str) -> None:
+        """Delete the index of a deleted collection."""
+        self._loaded.pop(collection_id, None)
+        shutil.rmtree(self.root / collection_id, ignore_errors=True)
+
+
+def _read_records(col: Collection) -> tuple[list[str], list[str]]:
+    """Ids and chunk texts of every record of ``col``, read in pages."""
+    ids: list[str] = []
+    texts: list[str] = []
+    offset = 0
+    while True:
+        got = col.get(include=["documents"], limit=_READ_PAGE, offset=offset)
+        ids += got["ids"]
+        documents: Any = got["documents"] or [""] * len(got["ids"])
+        texts += [text or "" for text in documents]
+        if len(got["ids"]) < _READ_PAGE:
+            return ids, texts
+        offset += _READ_PAGE
