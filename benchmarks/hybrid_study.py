@@ -6,8 +6,9 @@ test query is scored by:
 
 * ``bm25-doc``: bm25s over whole documents (Lucene BM25, k1=1.2, b=0.75, English stopwords, Snowball
   stemming) -- the keyword baseline to beat; ``bm25-doc-nostem``: the same without stemming;
-* ``lexical``: the store's lexical leg (the same BM25, over the stored chunks; a document scores as its best
-  chunk) -- read from the store's own :class:`~kvemb_rag.store.lexical.LexicalIndex`;
+* ``lexical``: the store's lexical leg (the same BM25 over the stored chunks and over their documents, mixed
+  with the shipped ``document_weight``; a document scores as its best chunk) -- read from the store's own
+  :class:`~kvemb_rag.store.lexical.LexicalIndex`; ``lexical@a``: the same with document weight ``a``;
 * ``dense``: cosine similarity of the stored chunk vectors with ``encode_query`` (exact search);
 * ``hybrid`` with every fusion of a grid (method x dense weight x candidate depth), through the product's own
   :func:`kvemb_rag.store.search.fuse` on the same candidates the store takes (the ``depth`` best chunks of
@@ -36,6 +37,8 @@ WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEPTHS = (50, 100, 200)
 METHODS = ("minmax", "zscore", "rrf")
 BOOTSTRAP = 2000
+# Weight of the document-level BM25 in a chunk's lexical score (0: the chunk alone, 1: its document alone).
+ALPHAS = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0)
 
 
 def bootstrap_interval(a: Sequence[float], b: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
@@ -70,24 +73,38 @@ def build_store(model: str, data: Any, db: Path, dtype: str | None) -> None:
         print(json.dumps({"indexed": data.name, "chunks": summary.chunks, "seconds": round(summary.seconds)}))
 
 
-def study(model: str, folder: Path, db: Path, dtype: str | None) -> dict[str, Any]:
+def subcorpus(data: Any, first: int | None) -> Any:
+    """``data`` with its corpus cut to the judged documents and the first ``first`` others (None: all)."""
+    if first is None:
+        return data
+    import dataclasses
+
+    judged = {doc for judgements in data.qrels.values() for doc in judgements}
+    keep = [doc for n, doc in enumerate(data.corpus) if n < first or doc in judged]
+    return dataclasses.replace(data, corpus={doc: data.corpus[doc] for doc in keep})
+
+
+def study(model: str, folder: Path, db: Path, dtype: str | None, first: int | None = None) -> dict[str, Any]:
     import bm25s
     import Stemmer
 
     from kvemb_rag.evaluation import load_beir
     from kvemb_rag.evaluation.metrics import ndcg_at_k
     from kvemb_rag.store import Fusion, KVStore
+    from kvemb_rag.store.lexical import LEXICAL_SETTINGS
     from kvemb_rag.store.search import fuse
 
-    data = load_beir(folder, "test")
+    data = subcorpus(load_beir(folder, "test"), first)
     build_store(model, data, db, dtype)
     with KVStore(db, collection=data.name) as store:
         embedder = store.load_embedder()
         col = store._require_collection()
         got = col.get(include=["embeddings", "metadatas"])
-        ids = list(got["ids"])
-        doc_of = {i: str(m["doc_id"]) for i, m in zip(ids, got["metadatas"] or [], strict=True)}
-        vectors = np.asarray(got["embeddings"], dtype=np.float32)  # (chunks, dim)
+        # Only the records of this corpus (a collection may hold more documents of a larger sample).
+        rows = [n for n, m in enumerate(got["metadatas"] or []) if str(m["doc_id"]) in data.corpus]
+        ids = [got["ids"][n] for n in rows]
+        doc_of = {ids[n]: str(got["metadatas"][r]["doc_id"]) for n, r in enumerate(rows)}  # type: ignore[index]
+        vectors = np.asarray(got["embeddings"], dtype=np.float32)[rows]  # (chunks, dim)
         index = store.lexical_index()
         position = {i: n for n, i in enumerate(index.ids)}
         order = np.array([position[i] for i in ids])  # lexical index order -> this order
@@ -97,11 +114,11 @@ def study(model: str, folder: Path, db: Path, dtype: str | None) -> dict[str, An
         query_seconds = time.perf_counter() - started
         layers = list(embedder.layers)
         dense = queries @ vectors.T  # (Q, chunks)
-        lexical = np.zeros_like(dense)
+        chunk_leg, document_leg = np.zeros_like(dense), np.zeros_like(dense)  # (Q, chunks) each
         for n, q in enumerate(qids):
-            scores = index.scores(data.queries[q])
-            if scores is not None:
-                lexical[n] = scores[order]
+            legs = index.leg_scores(data.queries[q])
+            if legs is not None:
+                chunk_leg[n], document_leg[n] = legs[0][order], legs[1][order]
     runs: dict[str, dict[str, dict[str, float]]] = {}
     # Whole-document BM25 baselines.
     doc_ids = list(data.corpus)
@@ -119,25 +136,31 @@ def study(model: str, folder: Path, db: Path, dtype: str | None) -> dict[str, An
             top = np.argsort(-scores, kind="stable")[:10]
             runs[name][q] = {doc_ids[i]: float(scores[i]) for i in top if scores[i] > 0}
     fusions = [Fusion(m, w, d) for m in METHODS for w in WEIGHTS for d in DEPTHS]
-    for name in ("dense", "lexical", *(f"{f.method}/{f.weight}/{f.depth}" for f in fusions)):
-        runs[name] = {}
+    col_of = {i: c for c, i in enumerate(ids)}
+    runs["dense"] = {}
     for n, q in enumerate(qids):
         d_order = np.argsort(-dense[n], kind="stable")  # (chunks,)
         runs["dense"][q] = best_chunk_run([(ids[i], dense[n, i]) for i in d_order[:400]], doc_of)
-        l_order = np.argsort(-lexical[n], kind="stable")
-        lexical_ranked = [(ids[i], lexical[n, i]) for i in l_order[:400] if lexical[n, i] > 0]
-        runs["lexical"][q] = best_chunk_run(lexical_ranked, doc_of) if lexical_ranked else runs["dense"][q]
-        for fusion in fusions:
-            d_top = [ids[i] for i in d_order[: fusion.depth]]
-            l_top = [ids[i] for i in l_order[: fusion.depth] if lexical[n, i] > 0]
-            if not l_top:  # no lexical match: dense ranking (as the store does)
-                runs[f"{fusion.method}/{fusion.weight}/{fusion.depth}"][q] = runs["dense"][q]
-                continue
-            union = {i: None for i in d_top + l_top}
-            col_of = {i: c for c, i in enumerate(ids)}
-            candidates = {i: (float(dense[n, col_of[i]]), float(lexical[n, col_of[i]])) for i in union}
-            ranked = fuse(candidates, d_top, l_top, fusion)
-            runs[f"{fusion.method}/{fusion.weight}/{fusion.depth}"][q] = best_chunk_run(ranked, doc_of)
+    for alpha in ALPHAS:
+        lexical = (1 - alpha) * chunk_leg + alpha * document_leg  # (Q, chunks)
+        suffix = "" if alpha == LEXICAL_SETTINGS["document_weight"] else f"@{alpha}"
+        for name in (f"lexical{suffix}", *(f"{f.method}/{f.weight}/{f.depth}{suffix}" for f in fusions)):
+            runs[name] = {}
+        for n, q in enumerate(qids):
+            d_order = np.argsort(-dense[n], kind="stable")  # (chunks,)
+            l_order = np.argsort(-lexical[n], kind="stable")
+            lexical_ranked = [(ids[i], lexical[n, i]) for i in l_order[:400] if lexical[n, i] > 0]
+            runs[f"lexical{suffix}"][q] = best_chunk_run(lexical_ranked, doc_of) if lexical_ranked else runs["dense"][q]
+            for fusion in fusions:
+                name = f"{fusion.method}/{fusion.weight}/{fusion.depth}{suffix}"
+                d_top = [ids[i] for i in d_order[: fusion.depth]]
+                l_top = [ids[i] for i in l_order[: fusion.depth] if lexical[n, i] > 0]
+                if not l_top:  # no lexical match: dense ranking (as the store does)
+                    runs[name][q] = runs["dense"][q]
+                    continue
+                union = dict.fromkeys(d_top + l_top)
+                candidates = {i: (float(dense[n, col_of[i]]), float(lexical[n, col_of[i]])) for i in union}
+                runs[name][q] = best_chunk_run(fuse(candidates, d_top, l_top, fusion), doc_of)
     per_query = {name: ndcg_at_k(data.qrels, run, k=10) for name, run in runs.items()}
     judged = sorted(per_query["bm25-doc"])
     table = {}
@@ -152,6 +175,7 @@ def study(model: str, folder: Path, db: Path, dtype: str | None) -> dict[str, An
         "model": model,
         "dataset": data.name,
         "corpus": len(data.corpus),
+        "corpus_sample": "all" if first is None else f"judged + first {first}",
         "queries": len(judged),
         "chunks": len(ids),
         "layers": layers,
@@ -167,16 +191,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", nargs="+", required=True, help="BEIR folders")
     parser.add_argument("--stores", required=True, help="folder of the persistent study stores")
     parser.add_argument("--dtype", default=None, help="engine dtype (the study used bfloat16 on this CPU)")
+    parser.add_argument("--first", type=int, default=None,
+                        help="corpus sample: the judged documents and the first N others (default: all)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "hybrid_study"))
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for folder in args.data:
-        result = study(args.model, Path(folder), Path(args.stores) / args.model, args.dtype)
+        result = study(args.model, Path(folder), Path(args.stores) / args.model, args.dtype, args.first)
         path = out / f"{args.model}.{result['dataset']}.json"
         path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         best = max((k for k in result["results"] if "/" in k), key=lambda k: result["results"][k]["ndcg@10"])
-        for name in ("bm25-doc", "bm25-doc-nostem", "lexical", "dense", best):
+        lexical = [k for k in result["results"] if k.startswith("lexical")]
+        shown = ("bm25-doc", "bm25-doc-nostem", "dense", *lexical, best)
+        for name in shown:
             print(result["dataset"], name, result["results"][name])
 
 

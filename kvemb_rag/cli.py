@@ -7,7 +7,9 @@ Commands:
 * ``kvemb search "query" --db DIR`` -- ranked chunks (or documents with ``--per-document``);
 * ``kvemb info --db DIR`` -- collections, sizes and embedder identities;
 * ``kvemb layers --model M`` -- the intrinsic-dimension curve per layer and the chosen layers;
-* ``kvemb eval --model M --retrieval DIR ...`` -- the evaluation harness (:mod:`kvemb_rag.evaluation`);
+* ``kvemb eval --model M --retrieval DIR ...`` -- the evaluation harness (:mod:`kvemb_rag.evaluation`); with
+  ``--search dense,lexical,hybrid`` retrieval is scored as users get it: each corpus indexed into a temporary
+  store (its chunking, ``--chunk-size``) and searched per document in each mode (metrics ``ndcg@10/hybrid``...);
 * ``kvemb serve --model M`` -- an OpenAI-compatible embeddings API (:mod:`kvemb_rag.serve`);
 * ``kvemb index PATH... --url URL --ray N`` -- embedding on N Ray actors (:mod:`kvemb_rag.store.distributed`).
 
@@ -489,6 +491,23 @@ def evaluate(
         ),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="qrels split of the retrieval folders.")] = "test",
+    search: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--search",
+            help=f"Score --retrieval through a temporary store in these modes ({','.join(SEARCH_MODES)}), "
+            "comma-separated or repeated; metrics are named per mode (ndcg@10/hybrid). Default: whole documents, "
+            "exact search.",
+        ),
+    ] = None,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-size",
+            min=16,
+            help=f"Tokens per stored chunk with --search, prompt included; default {DEFAULT_CHUNK_SIZE}.",
+        ),
+    ] = None,
     batch_size: BatchSizeOption = None,
     device: DeviceOption = None,
     output: Annotated[
@@ -510,6 +529,13 @@ def evaluate(
         lengths = _comma_list(max_length, "--max-lengths")
         if lengths:
             kwargs["max_lengths"] = tuple(_positive_int(v, "--max-lengths") for v in lengths)
+        modes = [check_mode(m) for m in _comma_list(search, "--search")]
+        if modes and not retrieval:
+            raise ConfigError("--search scores retrieval datasets; give --retrieval DIR (a BEIR folder) too.")
+        if chunk_size is not None and not modes:
+            raise ConfigError("--chunk-size applies to store search; give --search MODE too.")
+        if modes:
+            kwargs.update(search_modes=tuple(modes), chunk_size=chunk_size)
         records = run_evaluation(
             [resolve_model(m) for m in (model or [default_model()])],
             tuple(_comma_list(strategy, "--strategies") or ("kv",)),

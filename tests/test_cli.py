@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import shared_path
+from tests.test_evaluation_store import METRICS, write_beir
 
 if TYPE_CHECKING:
     from kvemb_rag import KVEmbedder
@@ -286,6 +287,33 @@ def test_eval_list_options_are_checked(tiny_model_path: Path, subprocess_env: di
     )
     assert_user_error(bad_length, "--max-lengths takes positive integers", "'abc'")
     assert_user_error(empty_item, "--strategies has an empty item")
+
+
+def test_eval_search_scores_retrieval_through_the_store(
+    tiny_model_path: Path, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    beir = str(write_beir(tmp_path / "rare"))
+    model = ("eval", "--model", str(tiny_model_path))
+    searched, bad_mode, no_retrieval = kvemb_all(
+        [
+            (
+                [*model, "--retrieval", beir, "--search", "lexical,hybrid", "--chunk-size", "64", "-o", "out.json"],
+                tmp_path,
+            ),
+            ([*model, "--retrieval", beir, "--search", "lexical,fuzzy"], tmp_path),
+            ([*model, "--sts", "pairs.tsv", "--search", "dense"], tmp_path),
+        ],
+        subprocess_env,
+    )
+    assert searched.returncode == 0, searched.stderr
+    assert "rare ndcg@10/lexical" in searched.stdout and "rare mrr@10/hybrid" in searched.stdout
+    records = json.loads((tmp_path / "out.json").read_text())
+    assert [(r["strategy"], r["task"], r["metric"]) for r in records] == [
+        ("kv", "retrieval", f"{metric}/{mode}") for mode in ("lexical", "hybrid") for metric in METRICS
+    ]
+    assert {r["metric"]: r["value"] for r in records}["ndcg@10/lexical"] == 1.0  # rare words: first place
+    assert_user_error(bad_mode, "Search mode 'fuzzy' is not valid; choose one of hybrid, dense, lexical")
+    assert_user_error(no_retrieval, "--search scores retrieval datasets; give --retrieval DIR")
 
 
 def test_index_and_search_with_a_gguf_file(subprocess_env: dict[str, str], tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 Metrics match the standard tools (pytrec_eval / BEIR / MTEB; see :mod:`kvemb_rag.evaluation.metrics`), and
 all-MiniLM-L6-v2 reproduces its published MTEB figures through this harness (``tests/test_evaluation.py``,
-``-m slow``). For MTEB's own tasks, wrap a model with :class:`kvemb_rag.evaluation.mteb.MTEBEncoder`.
+``-m slow``). :func:`evaluate_store_retrieval` (``run_evaluation(search_modes=...)``) scores retrieval through
+the store's own chunking and search modes instead of whole-document exact search. For MTEB's own tasks, wrap
+a model with :class:`kvemb_rag.evaluation.mteb.MTEBEncoder`.
 
 Example:
     >>> from kvemb_rag.evaluation import markdown_table, run_evaluation
@@ -42,6 +44,7 @@ from kvemb_rag.evaluation.runner import (
     run_evaluation,
     write_results_json,
 )
+from kvemb_rag.evaluation.store_search import evaluate_store_retrieval
 from kvemb_rag.evaluation.tasks import (
     DEFAULT_MAX_LENGTHS,
     evaluate_classification,
@@ -67,6 +70,7 @@ __all__ = [
     "evaluate_clustering",
     "evaluate_long_documents",
     "evaluate_retrieval",
+    "evaluate_store_retrieval",
     "evaluate_sts",
     "load_beir",
     "load_classification",

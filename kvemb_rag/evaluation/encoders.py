@@ -20,12 +20,15 @@ from kvemb_rag.errors import ConfigError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from kvemb_rag.engine.embedder import KVEmbedder
+
 __all__ = [
     "SENTENCE_TRANSFORMERS_STRATEGY",
     "Encoder",
     "SentenceTransformerEncoder",
     "context_size",
     "is_sentence_transformers_dir",
+    "kv_embedder",
     "load_encoder",
     "minilm_path",
 ]
@@ -337,6 +340,32 @@ def context_size(encoder: object) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def kv_embedder(encoder: object) -> KVEmbedder:
+    """The :class:`kvemb_rag.KVEmbedder` an encoder is, for what only the engine can do (index a store).
+
+    :func:`load_encoder` returns the :class:`~kvemb_rag.KVEmbedder` itself for decoder models; a
+    :class:`SentenceTransformerEncoder` (or any other encoder) has none.
+
+    Args:
+        encoder: An encoder, e.g. from :func:`load_encoder`.
+
+    Returns:
+        ``encoder``, typed as the engine.
+
+    Raises:
+        ConfigError: ``encoder`` is not a :class:`~kvemb_rag.KVEmbedder`.
+    """
+    from kvemb_rag.engine.embedder import KVEmbedder  # lazy: torch + transformers
+
+    if isinstance(encoder, KVEmbedder):
+        return encoder
+    name = getattr(encoder, "name", None) or type(encoder).__name__
+    raise ConfigError(
+        f"{name} ({type(encoder).__name__}) is not a KVEmbedder: only KVEmbedder strategies can be indexed into "
+        "and searched through the store (a sentence-transformers model cannot)."
+    )
 
 
 def load_encoder(model: str | Path, strategy: str = "kv", **engine_kwargs: Any) -> Encoder:

@@ -20,9 +20,11 @@ from kvemb_rag.evaluation.encoders import (
     SENTENCE_TRANSFORMERS_STRATEGY,
     Encoder,
     is_sentence_transformers_dir,
+    kv_embedder,
     load_encoder,
 )
 from kvemb_rag.evaluation.metrics import ClassificationProtocol, optional_import
+from kvemb_rag.evaluation.store_search import check_search_modes, evaluate_store_retrieval
 
 __all__ = [
     "TASKS",
@@ -49,7 +51,7 @@ class Record:
         strategy: The embedding strategy (``"kv"``, ``"last"``...; ``"sentence-transformers"`` for those).
         task: One of :data:`TASKS`.
         dataset: Folder or file stem, e.g. ``"STSBenchmark/sts-test"``, ``"scifact"``.
-        metric: E.g. ``"spearman"``, ``"ndcg@10"``, ``"ndcg@10/chunk/512"``.
+        metric: E.g. ``"spearman"``, ``"ndcg@10"``, ``"ndcg@10/chunk/512"``, ``"ndcg@10/hybrid"`` (store search).
         value: The score (finite).
     """
 
@@ -261,6 +263,8 @@ def run_evaluation(
     batch_size: int | None = None,
     plot_dir: str | Path | None = None,
     progress: bool = True,
+    search_modes: Sequence[str] = (),
+    chunk_size: int | None = None,
 ) -> list[Record]:
     """Evaluate every model x strategy on every dataset given; return flat records.
 
@@ -275,7 +279,8 @@ def run_evaluation(
         strategies: KVEmbedder strategies, e.g. ``("kv", "kv-ablation", "last", "mean", "prompteol",
             "echo")``.
         sts: STS files (see :func:`~kvemb_rag.evaluation.data.load_sts`): Spearman of cosine similarity.
-        retrieval: BEIR folders: nDCG@10, Recall@100, MRR@10 on the ``split`` qrels.
+        retrieval: BEIR folders: nDCG@10, Recall@100, MRR@10 on the ``split`` qrels (whole documents, exact
+            search; through the store instead with ``search_modes``).
         classification: ``train.csv``/``test.csv`` folders: logistic-regression accuracy.
         clustering: Same folders; k-means V-measure on ``test.csv``.
         long_docs: QMSum-style folders: nDCG@10 per ``max_lengths`` x {chunk, truncate}.
@@ -290,12 +295,20 @@ def run_evaluation(
         batch_size: Texts per forward pass; default each encoder's.
         plot_dir: Where to write ``long_docs_<dataset>.png`` plots; ``None`` for none.
         progress: Show progress bars.
+        search_modes: Score the retrieval datasets as users get them instead: each corpus is indexed once
+            per model x strategy into a temporary :class:`kvemb_rag.store.KVStore` (the store's chunking) and
+            searched in each of these modes of :data:`kvemb_rag.store.SEARCH_MODES` with
+            ``query(..., per_document=True, mode=mode)``; metrics are named per mode (``"ndcg@10/hybrid"``).
+            KVEmbedder strategies only. Empty: whole-document exact search.
+        chunk_size: Tokens per stored chunk for ``search_modes``; default the store's.
 
     Returns:
         The records, in evaluation order.
 
     Raises:
-        ValueError: No model, no dataset, no strategy for a decoder model, or an unknown strategy.
+        ValueError: No model, no dataset, no strategy for a decoder model, an unknown strategy or search
+            mode, ``search_modes`` without ``retrieval`` or with a sentence-transformers model, or
+            ``chunk_size`` without ``search_modes``.
 
     Example:
         >>> records = run_evaluation(  # doctest: +SKIP
@@ -305,6 +318,11 @@ def run_evaluation(
     """
     if not models:
         raise ConfigError("no models given.")
+    modes = check_search_modes(search_modes)
+    if modes and not retrieval:
+        raise ConfigError("search_modes apply to retrieval datasets only; pass retrieval=[BEIR folder].")
+    if chunk_size is not None and not modes:
+        raise ConfigError("chunk_size applies to store search only; pass search_modes=('hybrid',) or others.")
     engine = dict(engine_kwargs or {})
     data = _Datasets(
         tuple(eval_data.load_sts(p) for p in sts),
@@ -323,9 +341,32 @@ def run_evaluation(
         raise ConfigError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}.")
     if any(length < 1 for length in max_lengths):
         raise ConfigError(f"max_lengths must be positive, got {list(max_lengths)}.")
+    not_searchable = sorted({m for m, s, _ in jobs if s == SENTENCE_TRANSFORMERS_STRATEGY})
+    if modes and not_searchable:
+        raise ConfigError(
+            f"store search (search modes) needs KVEmbedder strategies; {', '.join(not_searchable)} is a "
+            "sentence-transformers model, which cannot be indexed into the store. Evaluate it without search modes."
+        )
     encode_kwargs: dict[str, Any] = {"show_progress_bar": progress}
     if batch_size is not None:
         encode_kwargs["batch_size"] = batch_size
+
+    def score_retrieval(encoder: Encoder, dataset: eval_data.RetrievalData) -> Mapping[str, float]:
+        if not modes:
+            return eval_tasks.evaluate_retrieval(
+                encoder, dataset, ignore_identical_ids=ignore_identical_ids, **encode_kwargs
+            )
+        embedder = kv_embedder(encoder)
+        if batch_size is not None and batch_size != embedder.config.batch_size:
+            embedder = embedder.with_options(batch_size=batch_size)  # shares the loaded model
+        return evaluate_store_retrieval(
+            embedder,
+            dataset,
+            modes,
+            chunk_size=chunk_size,
+            ignore_identical_ids=ignore_identical_ids,
+            progress=progress,
+        )
 
     records: list[Record] = []
     bar = tqdm(total=len(jobs) * data.count(), desc="Evaluating", unit="dataset", disable=not progress)
@@ -342,7 +383,7 @@ def run_evaluation(
                     encode_kwargs,
                     classification_protocol,
                     clustering_seed,
-                    ignore_identical_ids,
+                    score_retrieval,
                     max_lengths,
                 )
             )
@@ -366,7 +407,7 @@ def _evaluate_one(
     encode_kwargs: dict[str, Any],
     protocol: ClassificationProtocol | None,
     clustering_seed: int,
-    ignore_identical_ids: bool,
+    score_retrieval: Callable[[Encoder, eval_data.RetrievalData], Mapping[str, float]],
     max_lengths: Sequence[int],
 ) -> list[Record]:
     out: list[Record] = []
@@ -381,12 +422,12 @@ def _evaluate_one(
     def start(task: str, dataset: str) -> None:
         bar.set_description(f"{Path(model).name or model} [{strategy}] {task}: {dataset}")
 
-    kw, skip_self = encode_kwargs, ignore_identical_ids
+    kw = encode_kwargs
     # (task, its datasets, how one dataset is scored)
     t = eval_tasks
     evaluations: list[tuple[str, Sequence[Any], Callable[[Any], Mapping[str, float]]]] = [
         ("sts", data.sts, lambda d: t.evaluate_sts(encoder, d, **kw)),
-        ("retrieval", data.retrieval, lambda d: t.evaluate_retrieval(encoder, d, ignore_identical_ids=skip_self, **kw)),
+        ("retrieval", data.retrieval, lambda d: score_retrieval(encoder, d)),
         ("classification", data.classification, lambda d: t.evaluate_classification(encoder, d, protocol, **kw)),
         ("clustering", data.clustering, lambda d: t.evaluate_clustering(encoder, d, seed=clustering_seed, **kw)),
         ("long-docs", data.long_docs, lambda d: t.evaluate_long_documents(encoder, d, max_lengths, **kw)),

@@ -158,6 +158,9 @@ class KVStore:
             ``max_length`` when that is smaller). At most the embedder's ``max_length``.
         write_batch_size: Records per upsert (capped by ``client.get_max_batch_size()``).
         headers: HTTP headers for the server (e.g. authentication), with ``url`` only.
+        lexical_dir: Folder of the lexical (BM25) indexes. Default: ``kvemb-lexical`` inside an on-disk
+            database; for a server (or a client passed in), ``$KVEMB_CACHE_DIR/lexical/<server>`` on this
+            machine (see :mod:`kvemb_rag.store.lexical`).
 
     Raises:
         ValueError: More than one of ``path`` / ``url`` / ``client`` given, a malformed ``url``, or a bad
@@ -181,6 +184,7 @@ class KVStore:
         chunk_size: int | None = None,
         write_batch_size: int = _DEFAULT_WRITE_BATCH,
         headers: Mapping[str, str] | None = None,
+        lexical_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         given = [
             name for name, value in (("path", path), ("url", url), ("client", client)) if value is not None
@@ -228,7 +232,8 @@ class KVStore:
         self.write_batch_size = write_batch_size
         self._collection: Collection | None = None
         self._checked_identity: str | None = None
-        self._lexical = LexicalIndexFolder(self._lexical_root(), self._client)
+        root = Path(lexical_dir) if lexical_dir is not None else self._lexical_root()
+        self._lexical = LexicalIndexFolder(root, self._client)
 
     # ------------------------------------------------------------------------------------- basics
     def __repr__(self) -> str:

@@ -31,13 +31,14 @@ import shutil
 import uuid
 from collections.abc import Collection as AbstractSet
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kvemb_rag.store.collection_io import _RECORDS_VERSION_KEY, _update_metadata
+from kvemb_rag.store.records import _meta_key
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -55,10 +56,12 @@ LEXICAL_SETTINGS: dict[str, Any] = {
     "b": 0.75,
     "stopwords": "en",
     "stemmer": "english",
-    "format": 1,
+    "document_weight": 0.7,
+    "format": 2,
 }
 _STATE = "state.json"
 _RECORDS = "records.json"
+_DOCUMENT_OF = "document_of.npy"
 _READ_PAGE = 2048
 
 
@@ -84,43 +87,95 @@ def _tokenize(texts: Sequence[str]) -> list[list[str]]:
     return [list(t) for t in tokens]
 
 
+def _bm25(tokens: list[list[str]]) -> Any:
+    import bm25s
+
+    settings = LEXICAL_SETTINGS
+    retriever = bm25s.BM25(k1=settings["k1"], b=settings["b"], method=settings["method"])
+    retriever.index(tokens, show_progress=False)
+    return retriever
+
+
+def _leg(retriever: Any, terms: list[str]) -> np.ndarray | None:
+    """BM25 scores of one index's entries for the query terms (``None`` when none is in its vocabulary)."""
+    term_ids = retriever.get_tokens_ids(terms)
+    if not term_ids:
+        return None
+    return np.asarray(retriever.get_scores_from_ids(term_ids), dtype=np.float32)
+
+
 @dataclass
 class LexicalIndex:
-    """BM25 over a collection's records.
+    """BM25 over a collection's records: each chunk, and each document (its chunks together).
+
+    A chunk's lexical score mixes its own BM25 score and its document's:
+    ``(1 - document_weight) * chunk + document_weight * document`` (``LEXICAL_SETTINGS``): terms of a query
+    are often spread over a document's chunks, and passage retrieval gains from the document's evidence
+    (Callan 1994, "Passage-level evidence in document retrieval"; measured in ``docs/hybrid-search.md``).
 
     Attributes:
         ids: Record ids, in the index's order.
         version: The records version the index reflects.
-        retriever: The ``bm25s.BM25`` index (``None`` when there are no records).
+        chunks: The ``bm25s.BM25`` index of the chunks (``None`` when there are no records).
+        documents: The ``bm25s.BM25`` index of the documents (``None`` when there are no records).
+        document_of: Position of each record's document in ``documents`` (``(n_records,)``).
     """
 
     ids: list[str]
     version: str | None
-    retriever: Any = None
+    chunks: Any = None
+    documents: Any = None
+    document_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         self._position = {record_id: i for i, record_id in enumerate(self.ids)}
 
     @classmethod
-    def build(cls, ids: Sequence[str], texts: Sequence[str], version: str | None) -> LexicalIndex:
-        """Index ``texts`` (one per record id)."""
+    def build(
+        cls,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        version: str | None,
+        documents: Sequence[tuple[Any, int]] | None = None,
+    ) -> LexicalIndex:
+        """Index the records.
+
+        Args:
+            ids: Record ids.
+            texts: Their chunk texts.
+            version: The records version they are.
+            documents: ``(document key, chunk index)`` of each record; default: each record its own document.
+        """
         if not ids:
             return cls([], version)
-        import bm25s
+        tokens = _tokenize(texts)
+        keys = documents if documents is not None else [(record_id, 0) for record_id in ids]
+        position: dict[Any, int] = {}
+        for key, _ in keys:
+            position.setdefault(key, len(position))
+        document_of = np.array([position[key] for key, _ in keys], dtype=np.int64)  # (n_records,)
+        merged: list[list[str]] = [[] for _ in position]
+        for n in sorted(range(len(ids)), key=lambda n: (document_of[n], keys[n][1])):
+            merged[document_of[n]] += tokens[n]  # a document's chunks in order
+        return cls(list(ids), version, _bm25(tokens), _bm25(merged), document_of)
 
-        settings = LEXICAL_SETTINGS
-        retriever = bm25s.BM25(k1=settings["k1"], b=settings["b"], method=settings["method"])
-        retriever.index(_tokenize(texts), show_progress=False)
-        return cls(list(ids), version, retriever)
+    def leg_scores(self, query: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Chunk and document BM25 of every record for ``query`` (two ``(n_records,)``), ``None`` on no match."""
+        if self.chunks is None:
+            return None
+        terms = _tokenize([query])[0]
+        chunk, document = _leg(self.chunks, terms), _leg(self.documents, terms)
+        if chunk is None or document is None:
+            return None
+        return chunk, document[self.document_of]
 
     def scores(self, query: str) -> np.ndarray | None:
-        """BM25 score of every record for ``query`` (``(n_records,)``), ``None`` when no query term is indexed."""
-        if self.retriever is None:
+        """Lexical score of every record for ``query`` (``(n_records,)``), ``None`` when nothing matches."""
+        legs = self.leg_scores(query)
+        if legs is None:
             return None
-        term_ids = self.retriever.get_tokens_ids(_tokenize([query])[0])
-        if not term_ids:
-            return None
-        scores = np.asarray(self.retriever.get_scores_from_ids(term_ids), dtype=np.float32)  # (n_records,)
+        weight = float(LEXICAL_SETTINGS["document_weight"])
+        scores = (1 - weight) * legs[0] + weight * legs[1]  # (n_records,)
         return scores if float(scores.max(initial=0.0)) > 0.0 else None
 
     def top(self, scores: np.ndarray, n: int, allowed: AbstractSet[str] | None = None) -> list[tuple[str, float]]:
@@ -149,8 +204,10 @@ class LexicalIndex:
         staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        if self.retriever is not None:
-            self.retriever.save(str(staging), show_progress=False)
+        if self.chunks is not None:
+            self.chunks.save(str(staging / "chunks"), show_progress=False)
+            self.documents.save(str(staging / "documents"), show_progress=False)
+            np.save(staging / _DOCUMENT_OF, self.document_of)
         (staging / _RECORDS).write_text(json.dumps(self.ids), encoding="utf-8")
         state = {"version": self.version, "records": len(self.ids), "settings": LEXICAL_SETTINGS}
         (staging / _STATE).write_text(json.dumps(state), encoding="utf-8")  # last: marks the folder complete
@@ -168,18 +225,22 @@ class LexicalIndex:
             if state.get("settings") != LEXICAL_SETTINGS:
                 return None, "made with other settings"
             ids = json.loads((folder / _RECORDS).read_text(encoding="utf-8"))
-            retriever = None
+            legs: list[Any] = []
+            document_of = np.zeros(0, dtype=np.int64)
             if ids:
                 import bm25s
 
-                retriever = bm25s.BM25.load(str(folder), show_progress=False)
+                legs = [bm25s.BM25.load(str(folder / leg), show_progress=False) for leg in ("chunks", "documents")]
+                document_of = np.load(folder / _DOCUMENT_OF)
         except FileNotFoundError:
             return None, "missing"
         except (OSError, ValueError) as exc:
             return None, f"unreadable ({exc})"
         if len(ids) != state.get("records"):
             return None, "incomplete"
-        return cls(ids, state.get("version"), retriever), "saved"
+        if not legs:
+            return cls(ids, state.get("version")), "saved"
+        return cls(ids, state.get("version"), legs[0], legs[1], document_of), "saved"
 
 
 class LexicalIndexFolder:
@@ -225,14 +286,14 @@ class LexicalIndexFolder:
     def _rebuild(self, col: Collection) -> LexicalIndex:
         for _ in range(3):
             before = records_version(self.reread(col))
-            ids, texts = _read_records(col)
+            ids, texts, documents = _read_records(col)
             after = self.reread(col)
-            index = LexicalIndex.build(ids, texts, before)
+            index = LexicalIndex.build(ids, texts, before, documents)
             if records_version(after) == before and after.count() == len(ids):
                 index.save(self.folder(col))
                 return index
         logger.warning("Collection %r kept changing while its lexical index was rebuilt; not saved", col.name)
-        return LexicalIndex.build(ids, texts, None)
+        return LexicalIndex.build(ids, texts, None, documents)
 
     def reread(self, col: Collection) -> Collection:
         """``col`` with its metadata read again from the database (another process may have written)."""
@@ -244,16 +305,23 @@ class LexicalIndexFolder:
         shutil.rmtree(self.root / collection_id, ignore_errors=True)
 
 
-def _read_records(col: Collection) -> tuple[list[str], list[str]]:
-    """Ids and chunk texts of every record of ``col``, read in pages."""
+def _read_records(col: Collection) -> tuple[list[str], list[str], list[tuple[Any, int]]]:
+    """Ids, chunk texts and ``(document key, chunk index)`` of every record of ``col``, read in pages."""
     ids: list[str] = []
     texts: list[str] = []
+    documents: list[tuple[Any, int]] = []
     offset = 0
     while True:
-        got = col.get(include=["documents"], limit=_READ_PAGE, offset=offset)
+        got = col.get(include=["documents", "metadatas"], limit=_READ_PAGE, offset=offset)
         ids += got["ids"]
-        documents: Any = got["documents"] or [""] * len(got["ids"])
-        texts += [text or "" for text in documents]
+        chunks: Any = got["documents"] or [""] * len(got["ids"])
+        texts += [text or "" for text in chunks]
+        metadatas: Any = got["metadatas"] or [None] * len(got["ids"])
+        for record_id, meta in zip(got["ids"], metadatas, strict=True):
+            if meta and "doc_id" in meta:
+                documents.append((_meta_key(meta), int(meta.get("chunk_index", 0))))
+            else:  # a record not written by kvemb-rag: a document of its own
+                documents.append(((None, record_id), 0))
         if len(got["ids"]) < _READ_PAGE:
-            return ids, texts
+            return ids, texts, documents
         offset += _READ_PAGE

@@ -217,19 +217,25 @@ def search_chunks(
         return [_hit(i, score, *records[i][:2]) for i, score in top if i in records]
     depth = max(fusion.depth, n)
     vector = query_vector()  # (dim,)
-    dense_hits = _dense(col, vector, min(depth, len(index.ids) or depth), where)
+    dense = _nearest(col, vector, min(depth, len(index.ids) or depth), where)  # id -> cosine, best first
     lexical_top = index.top(scores, depth, allowed)
-    by_id = {hit.id: hit for hit in dense_hits}
-    extra = _records(col, [i for i, _ in lexical_top if i not in by_id], embeddings=True)
-    for record_id, (chunk, meta, stored_vector) in extra.items():
-        cosine = float(np.asarray(stored_vector, dtype=np.float32) @ vector)
-        by_id[record_id] = _hit(record_id, cosine, chunk, meta)
-    candidates = {i: (hit.score, index.score_of(scores, i)) for i, hit in by_id.items()}
-    ranked = fuse(candidates, [h.id for h in dense_hits], [i for i, _ in lexical_top], fusion)[:n]
-    return [_with_score(by_id[i], score) for i, score in ranked]
+    extra = [record_id for record_id, _ in lexical_top if record_id not in dense]
+    if extra:
+        got = col.get(ids=extra, include=["embeddings"])
+        stored = np.asarray(got["embeddings"], dtype=np.float32)  # (extra, dim)
+        cosines = dict(zip(got["ids"], (stored @ vector).tolist(), strict=True))
+    else:
+        cosines = {}
+    candidates = {i: (score, index.score_of(scores, i)) for i, score in {**dense, **cosines}.items()}
+    ranked = fuse(candidates, list(dense), [i for i, _ in lexical_top], fusion)[:n]
+    records = _records(col, [i for i, _ in ranked], embeddings=False)
+    return [_hit(i, score, *records[i][:2]) for i, score in ranked if i in records]
 
 
-def _with_score(hit: Hit, score: float) -> Hit:
-    from dataclasses import replace
-
-    return replace(hit, score=score)
+def _nearest(col: Collection, vector: np.ndarray, n: int, where: Mapping[str, Any] | None) -> dict[str, float]:
+    """Record id -> cosine similarity of the ``n`` nearest chunks, best first (ids and distances only)."""
+    result = col.query(
+        query_embeddings=[vector.tolist()], n_results=n, where=dict(where) if where else None, include=["distances"]
+    )
+    distances = (result["distances"] or [[]])[0]
+    return {record_id: 1.0 - float(d) for record_id, d in zip(result["ids"][0], distances, strict=True)}
