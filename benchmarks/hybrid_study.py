@@ -180,22 +180,84 @@ def study(model: str, folder: Path, db: Path, dtype: str | None, first: int | No
         "chunks": len(ids),
         "layers": layers,
         "dtype": dtype or "default",
+        "document_weight": LEXICAL_SETTINGS["document_weight"],
         "query_encode_seconds": round(query_seconds, 1),
         "results": table,
     }
 
 
+def _by_weight(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A result's rows named with their lexical document weight spelled out (``lexical@0.8``, ``.../200@0.8``)."""
+    shipped = result["document_weight"]
+    rows: dict[str, dict[str, Any]] = {}
+    for name, row in result["results"].items():
+        if (name.startswith("lexical") or "/" in name) and "@" not in name:
+            name = f"{name}@{shipped}"
+        rows[name] = row
+    return rows
+
+
+def report(folder: Path) -> str:
+    """Markdown tables of the study's results in ``folder``, for the shipped settings."""
+    from kvemb_rag.store.lexical import LEXICAL_SETTINGS
+    from kvemb_rag.store.search import DEFAULT_FUSION
+
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    alpha = LEXICAL_SETTINGS["document_weight"]
+    shipped = f"{DEFAULT_FUSION.method}/{DEFAULT_FUSION.weight}/{DEFAULT_FUSION.depth}@{alpha}"
+
+    def cell(row: dict[str, Any], ref: str) -> str:
+        mean, low, high = row[f"vs {ref}"]
+        return f"{row['ndcg@10']:.3f} ({mean:+.3f} [{low:+.3f}, {high:+.3f}])"
+
+    lines = [
+        "| model | dataset (queries, corpus, chunks) | BM25 | BM25 unstemmed | lexical: chunk only | **lexical** "
+        "(shipped) | dense | RRF 50/50 | **hybrid** (shipped) vs BM25 | hybrid vs dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        rows = _by_weight(result)
+        lines.append(
+            f"| {result['model']} | {result['dataset']} ({result['queries']}, {result['corpus']}, {result['chunks']}) "
+            f"| {rows['bm25-doc']['ndcg@10']:.3f} | {cell(rows['bm25-doc-nostem'], 'bm25-doc')} "
+            f"| {cell(rows['lexical@0.0'], 'bm25-doc')} | {cell(rows[f'lexical@{alpha}'], 'bm25-doc')} "
+            f"| {rows['dense']['ndcg@10']:.3f} | {cell(rows[f'rrf/0.5/100@{alpha}'], 'bm25-doc')} "
+            f"| {cell(rows[shipped], 'bm25-doc')} | {cell(rows[shipped], 'dense')} |"
+        )
+    lines += ["", f"Mean nDCG@10 over the {len(results)} model x dataset runs, lexical document weight {alpha}:", ""]
+    lines += ["| fusion | " + " | ".join(f"dense weight {w}" for w in WEIGHTS) + " |"]
+    lines += ["|---|" + "---|" * len(WEIGHTS)]
+    for method in METHODS:
+        for depth in DEPTHS:
+            means = [
+                np.mean([_by_weight(r)[f"{method}/{w}/{depth}@{alpha}"]["ndcg@10"] for r in results]) for w in WEIGHTS
+            ]
+            lines.append(f"| {method}, depth {depth} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
+    lines += ["", "Mean nDCG@10 of the lexical leg by document weight:", ""]
+    lines += ["| document weight | " + " | ".join(str(a) for a in ALPHAS) + " |", "|---|" + "---|" * len(ALPHAS)]
+    lines.append(
+        "| mean | "
+        + " | ".join(f"{np.mean([_by_weight(r)[f'lexical@{a}']['ndcg@10'] for r in results]):.4f}" for a in ALPHAS)
+        + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", nargs="+", required=True, help="BEIR folders")
-    parser.add_argument("--stores", required=True, help="folder of the persistent study stores")
+    parser.add_argument("--model")
+    parser.add_argument("--data", nargs="+", default=[], help="BEIR folders")
+    parser.add_argument("--stores", help="folder of the persistent study stores")
     parser.add_argument("--dtype", default=None, help="engine dtype (the study used bfloat16 on this CPU)")
     parser.add_argument("--first", type=int, default=None,
                         help="corpus sample: the judged documents and the first N others (default: all)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "hybrid_study"))
+    parser.add_argument("--report", action="store_true", help="only print the tables of the results in --out")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.report:
+        print(report(out), end="")
+        return
     out.mkdir(parents=True, exist_ok=True)
     for folder in args.data:
         result = study(args.model, Path(folder), Path(args.stores) / args.model, args.dtype, args.first)

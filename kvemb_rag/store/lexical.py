@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Collection as AbstractSet
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ LEXICAL_SETTINGS: dict[str, Any] = {
     "b": 0.75,
     "stopwords": "en",
     "stemmer": "english",
-    "document_weight": 0.7,
+    "document_weight": 0.8,
     "format": 2,
 }
 _STATE = "state.json"
@@ -255,6 +256,7 @@ class LexicalIndexFolder:
         self.root = root
         self.client = client
         self._loaded: dict[str, LexicalIndex] = {}
+        self._lock = threading.Lock()  # one rebuild at a time (retrievers search from worker threads)
 
     def folder(self, col: Collection) -> Path:
         """The folder of ``col``'s index."""
@@ -267,6 +269,10 @@ class LexicalIndexFolder:
             col: The collection, with metadata read just now.
             reason: Why a rebuild is expected (logged at INFO instead of WARNING), e.g. after indexing.
         """
+        with self._lock:
+            return self._fresh(col, reason)
+
+    def _fresh(self, col: Collection, reason: str | None) -> LexicalIndex:
         version, count = records_version(col), col.count()
         key = str(col.id)
         index = self._loaded.get(key)

@@ -31,7 +31,8 @@ class Hit:
     """One search result.
 
     Attributes:
-        score: Cosine similarity of the query and the chunk (``1 - cosine distance``), higher is better.
+        score: Higher is better: the cosine similarity of the query and the chunk in dense mode, the BM25 score in
+            lexical mode, the fused score in hybrid mode (see :mod:`kvemb_rag.store.search`).
         doc_id: The document id.
         chunk_index: Index of the chunk in its document (0-based).
         start: Start of the chunk in the document text (characters).

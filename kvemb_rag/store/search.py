@@ -52,8 +52,8 @@ class Fusion:
         depth: Candidate chunks taken from each leg (at least the number of hits asked for).
     """
 
-    method: str = "minmax"
-    weight: float = 0.3
+    method: str = "zscore"
+    weight: float = 0.2
     depth: int = 100
 
     def __post_init__(self) -> None:
