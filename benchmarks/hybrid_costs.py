@@ -84,6 +84,7 @@ def index_time(model: str, docs: int, dtype: str | None) -> dict[str, Any]:
             with_lexical = time.perf_counter() - started
             index_folder = store._lexical.folder(store._require_collection())
             shutil.rmtree(index_folder)
+            store._lexical._loaded.clear()  # forget the in-memory copy too: a real rebuild from the records
             started = time.perf_counter()
             store.lexical_index()
             rebuild = time.perf_counter() - started

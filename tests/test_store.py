@@ -128,7 +128,8 @@ def test_index_close_reopen_in_new_process(
     assert [h["id"] for h in hits] == [h.id for h in expected]
     np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in expected], atol=1e-5)
     scores = [h["score"] for h in hits]
-    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 + 1e-6 for s in scores)
+    # Hybrid by default: fused scores (cosine bounds hold in dense mode, tests/test_store_lexical.py).
+    assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
 
 
 def test_records_carry_spans_tokens_and_metadata(
