@@ -26,14 +26,7 @@ document), ``n_tokens`` (with the template), ``n_chunks``, ``content_hash``, ``s
 has one) and the user metadata (values that are not ``str``/``int``/``float``/``bool`` JSON-encoded, their
 keys listed in ``json_keys``).
 
-Example:
-    >>> from kvemb_rag import KVEmbedder
-    >>> from kvemb_rag.store import KVStore
-    >>> from kvemb_rag.store import Document
-    >>> store = KVStore("index-dir", embedder=KVEmbedder("Qwen/Qwen3-0.6B"))  # doctest: +SKIP
-    >>> store.add_documents([Document("a", "Cats purr."), Document("b", "Rust is fast.")])  # doctest: +SKIP
-    >>> store.query("Which animal purrs?", k=1)[0].doc_id  # doctest: +SKIP
-    'a'
+See :class:`KVStore` for an example; search modes are in :mod:`kvemb_rag.store.search`.
 """
 
 from __future__ import annotations
@@ -41,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -49,7 +41,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from kvemb_rag.engine.identity import canonical_json
-from kvemb_rag.engine.models import cache_directory
 from kvemb_rag.errors import ConfigError, InputError
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
@@ -71,7 +62,7 @@ from kvemb_rag.store.errors import (
     identity_differences,
 )
 from kvemb_rag.store.indexing import _LOOKUP_DOCS, index_documents
-from kvemb_rag.store.lexical import LexicalIndex, LexicalIndexFolder, mark_records_changed
+from kvemb_rag.store.lexical import LexicalIndex, LexicalIndexFolder, lexical_root, mark_records_changed
 from kvemb_rag.store.records import (
     CollectionInfo,
     DocKey,
@@ -81,7 +72,15 @@ from kvemb_rag.store.records import (
     ProgressCallback,
     _meta_key,
 )
-from kvemb_rag.store.search import DEFAULT_FUSION, DEFAULT_MODE, SEARCH_MODES, Fusion, check_mode, search_chunks
+from kvemb_rag.store.search import (
+    DEFAULT_FUSION,
+    DEFAULT_MODE,
+    SEARCH_MODES,
+    Fusion,
+    best_per_document,
+    check_mode,
+    search_chunks,
+)
 from kvemb_rag.store.sync import embedder_from_identity, indexing_embedder, resolve_model, sync_sources
 
 if TYPE_CHECKING:
@@ -136,10 +135,6 @@ _MIN_CHUNK_SIZE = 16
 _SPACE = "cosine"
 # Records written per upsert unless the caller asks for fewer; always capped by the client's maximum.
 _DEFAULT_WRITE_BATCH = 256
-# Grouped search: chunks fetched per wanted document at first, and the growth factor of re-fetches.
-_GROUP_FETCH_FACTOR = 4
-# The folder of lexical indexes inside an on-disk store.
-_LEXICAL_FOLDER = "kvemb-lexical"
 
 class KVStore:
     """Documents chunked, embedded with a :class:`KVEmbedder` and stored in a Chroma collection.
@@ -232,7 +227,7 @@ class KVStore:
         self.write_batch_size = write_batch_size
         self._collection: Collection | None = None
         self._checked_identity: str | None = None
-        root = Path(lexical_dir) if lexical_dir is not None else self._lexical_root()
+        root = Path(lexical_dir) if lexical_dir is not None else lexical_root(self.path, self.url, self._client)
         self._lexical = LexicalIndexFolder(root, self._client)
 
     # ------------------------------------------------------------------------------------- basics
@@ -691,38 +686,14 @@ class KVStore:
                 query_vector=query_vector, lexical_index=self._refresh_lexical,
             )
 
-        if not per_document:
-            return search(min(k, total))
-        fetch = min(total, k * _GROUP_FETCH_FACTOR)
-        while True:
-            hits = search(fetch)
-            best: dict[DocKey, Hit] = {}
-            for hit in hits:
-                best.setdefault((hit.source, hit.doc_id), hit)
-            if len(best) >= k or fetch >= total or len(hits) < fetch:
-                return list(best.values())[:k]
-            fetch = min(total, fetch * _GROUP_FETCH_FACTOR)
+        return best_per_document(search, k, total) if per_document else search(min(k, total))
 
     # ---------------------------------------------------------------------------------- lexical index
-    def _lexical_root(self) -> Path:
-        """Where this store keeps its lexical indexes (see :mod:`kvemb_rag.store.lexical`)."""
-        if self.path is not None:
-            return self.path / _LEXICAL_FOLDER
-        settings: Any = self._client.get_settings()
-        if self.url is None and getattr(settings, "is_persistent", False) and settings.persist_directory:
-            return Path(settings.persist_directory) / _LEXICAL_FOLDER
-        where = re.sub(r"[^A-Za-z0-9._-]+", "_", self.url or "client")
-        return cache_directory() / "lexical" / where
-
     def _refresh_lexical(self, reason: str | None = None) -> LexicalIndex:
         """The collection's lexical index as of its current records (rebuilt from them when stale)."""
         col = self._lexical.reread(self._require_collection())
         return self._lexical.fresh(col, reason=reason)
 
     def lexical_index(self) -> LexicalIndex:
-        """The collection's BM25 index, as of its current records (rebuilt from them when missing or older).
-
-        Raises:
-            CollectionNotFoundError: The collection does not exist.
-        """
+        """The collection's BM25 index as of its current records (rebuilt when missing or older)."""
         return self._refresh_lexical()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kvemb_rag.engine.models import cache_directory
 from kvemb_rag.store.collection_io import _RECORDS_VERSION_KEY, _update_metadata
 from kvemb_rag.store.records import _meta_key
 
@@ -64,6 +66,20 @@ _STATE = "state.json"
 _RECORDS = "records.json"
 _DOCUMENT_OF = "document_of.npy"
 _READ_PAGE = 2048
+
+
+# The folder of lexical indexes inside an on-disk store.
+_FOLDER = "kvemb-lexical"
+
+
+def lexical_root(path: Path | None, url: str | None, client: ClientAPI) -> Path:
+    """Where a store keeps its lexical indexes: beside an on-disk database, else in this machine's cache."""
+    if path is not None:
+        return path / _FOLDER
+    settings: Any = client.get_settings()
+    if url is None and getattr(settings, "is_persistent", False) and settings.persist_directory:
+        return Path(settings.persist_directory) / _FOLDER
+    return cache_directory() / "lexical" / re.sub(r"[^A-Za-z0-9._-]+", "_", url or "client")
 
 
 def mark_records_changed(col: Collection) -> None:

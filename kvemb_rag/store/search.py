@@ -239,3 +239,23 @@ def _nearest(col: Collection, vector: np.ndarray, n: int, where: Mapping[str, An
     )
     distances = (result["distances"] or [[]])[0]
     return {record_id: 1.0 - float(d) for record_id, d in zip(result["ids"][0], distances, strict=True)}
+
+
+# Grouped search: chunks fetched per wanted document at first, and the growth factor of re-fetches.
+_GROUP_FETCH_FACTOR = 4
+
+
+def best_per_document(search: Callable[[int], list[Hit]], k: int, total: int) -> list[Hit]:
+    """The best chunk of each of the ``k`` best documents, best first.
+
+    ``search(n)`` ranks ``n`` chunks; more are fetched until ``k`` documents are found or ``total`` is reached.
+    """
+    fetch = min(total, k * _GROUP_FETCH_FACTOR)
+    while True:
+        hits = search(fetch)
+        best: dict[tuple[str | None, str], Hit] = {}
+        for hit in hits:
+            best.setdefault((hit.source, hit.doc_id), hit)
+        if len(best) >= k or fetch >= total or len(hits) < fetch:
+            return list(best.values())[:k]
+        fetch = min(total, fetch * _GROUP_FETCH_FACTOR)
