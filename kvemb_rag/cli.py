@@ -79,6 +79,13 @@ MaxLengthOption = Annotated[
 ]
 BatchSizeOption = Annotated[int | None, typer.Option("--batch-size", help="Texts per forward pass.")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:0, ...")]
+DtypeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="float32, bfloat16 or float16; default bfloat16 where the hardware has it natively, else float32.",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 app = typer.Typer(
@@ -118,9 +125,7 @@ def _given(**settings: Any) -> dict[str, Any]:
 
 @app.callback()
 def _main_options(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log progress details and show tracebacks.")
-    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details and show tracebacks.")] = False,
 ) -> None:
     """Training-free LLM embeddings (KV-Embedding) with a local Chroma store."""
     _state["verbose"] = verbose
@@ -139,14 +144,10 @@ def _open_store(
 
     if url is not None:
         if db is not None:
-            raise ConfigError(
-                "Give either --db (a local database folder) or --url (a Chroma server), not both."
-            )
+            raise ConfigError("Give either --db (a local database folder) or --url (a Chroma server), not both.")
         return KVStore(url=url, collection=collection, chunk_size=chunk_size)
     if db is None:
-        raise ConfigError(
-            "Missing --db DIR (the database folder), or --url http://host:port for a Chroma server."
-        )
+        raise ConfigError("Missing --db DIR (the database folder), or --url http://host:port for a Chroma server.")
     if db.exists() and not db.is_dir():
         raise ConfigError(f"--db {str(db)!r} is a file; give a folder for the database.")
     if must_exist and not db.is_dir():
@@ -181,13 +182,12 @@ def index(
     max_length: MaxLengthOption = None,
     overlap: Annotated[
         int | None,
-        typer.Option(
-            "--overlap", min=0, help="Tokens shared by consecutive chunks; default the collection's, else 0."
-        ),
+        typer.Option("--overlap", min=0, help="Tokens shared by consecutive chunks; default the collection's, else 0."),
     ] = None,
     strategy: StrategyOption = None,
     batch_size: BatchSizeOption = None,
     device: DeviceOption = None,
+    dtype: DtypeOption = None,
     url: UrlOption = None,
     ray: Annotated[
         int | None,
@@ -209,7 +209,9 @@ def index(
         reads = read_paths(paths)  # before the model loads: path errors come first
         store = _open_store(db, collection, must_exist=False, url=url, chunk_size=chunk_size)
         try:
-            settings = _given(strategy=strategy, max_length=max_length, batch_size=batch_size, device=device)
+            settings = _given(
+                strategy=strategy, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype
+            )
             store.embedder = indexing_embedder(store, model, **settings)
             progress = Progress(
                 TextColumn("{task.description}"),
@@ -261,10 +263,20 @@ def serve(
     max_tokens_per_input: Annotated[
         int, typer.Option("--max-tokens-per-input", min=1, help="Tokens per input (longer ones are refused).")
     ] = 8192,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Texts per engine call.")] = 64,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most texts per engine call.")] = 64,
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", min=0, help="Wait for more texts before an engine call.")
     ] = 5.0,
+    max_batch_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-batch-tokens", min=1, help="Token budget per engine call (a longer single text runs alone)."
+        ),
+    ] = 16384,
+    max_concurrent_requests: Annotated[
+        int,
+        typer.Option("--max-concurrent-requests", min=1, help="Embedding requests admitted at once; more get 429."),
+    ] = 512,
     strategy: StrategyOption = None,
     max_length: MaxLengthOption = None,
     batch_size: BatchSizeOption = None,
@@ -277,9 +289,16 @@ def serve(
         try:
             from kvemb_rag.serve import ServeLimits, run_server
         except ImportError as exc:
-            missing = f"kvemb serve needs FastAPI and uvicorn ({exc.name} is missing)"
+            missing = f"kvemb serve needs FastAPI, uvicorn and prometheus-client ({exc.name} is missing)"
             raise ConfigError(f'{missing}: pip install "kvemb-rag[serve]".') from exc
-        limits = ServeLimits(max_inputs, max_tokens_per_input, max_batch, max_wait_ms)
+        limits = ServeLimits(
+            max_inputs=max_inputs,
+            max_tokens_per_input=max_tokens_per_input,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_batch_tokens=max_batch_tokens,
+            max_concurrent_requests=max_concurrent_requests,
+        )
         settings = _given(strategy=strategy, max_length=max_length, batch_size=batch_size, device=device)
         embedder = KVEmbedder(resolve_model(model or default_model()), show_progress_bar=False, **settings)
         name = served_model_name or model or default_model()
@@ -293,9 +312,7 @@ def search(
     db: DbOption = None,
     collection: CollectionOption = "kvemb",
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results.")] = 5,
-    per_document: Annotated[
-        bool, typer.Option("--per-document", help="Best chunk per document, k documents.")
-    ] = False,
+    per_document: Annotated[bool, typer.Option("--per-document", help="Best chunk per document, k documents.")] = False,
     where: Annotated[
         str | None, typer.Option("--where", help='Chroma metadata filter as JSON, e.g. \'{"lang": "en"}\'.')
     ] = None,
@@ -307,6 +324,7 @@ def search(
         ),
     ] = None,
     device: DeviceOption = None,
+    dtype: DtypeOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -324,7 +342,7 @@ def search(
         store = _open_store(db, collection, must_exist=True, url=url)
         try:
             store.info()  # fails fast on an unknown collection, before the model loads
-            store.load_embedder(**_given(device=device))
+            store.load_embedder(**_given(device=device, dtype=dtype))
             hits = store.query(query, k, per_document=per_document, where=filters, mode=mode)
         finally:
             store.close()
@@ -458,9 +476,7 @@ def _positive_int(value: str, option: str) -> int:
 def evaluate(
     model: Annotated[
         list[str] | None,
-        typer.Option(
-            "--model", "-m", help="Model(s) to evaluate (repeat); default $KVEMB_MODEL or the default."
-        ),
+        typer.Option("--model", "-m", help="Model(s) to evaluate (repeat); default $KVEMB_MODEL or the default."),
     ] = None,
     strategy: Annotated[
         list[str] | None,
@@ -476,9 +492,7 @@ def evaluate(
     classification: Annotated[
         list[Path] | None, typer.Option("--classification", help="train.csv/test.csv folder(s).")
     ] = None,
-    clustering: Annotated[
-        list[Path] | None, typer.Option("--clustering", help="Clustering folder(s).")
-    ] = None,
+    clustering: Annotated[list[Path] | None, typer.Option("--clustering", help="Clustering folder(s).")] = None,
     long_docs: Annotated[
         list[Path] | None, typer.Option("--long-docs", help="Long-document (QMSum-style) folder(s).")
     ] = None,
@@ -510,12 +524,8 @@ def evaluate(
     ] = None,
     batch_size: BatchSizeOption = None,
     device: DeviceOption = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the records as JSON here.")
-    ] = None,
-    plot_dir: Annotated[
-        Path | None, typer.Option("--plot-dir", help="Write long-document plots here.")
-    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the records as JSON here.")] = None,
+    plot_dir: Annotated[Path | None, typer.Option("--plot-dir", help="Write long-document plots here.")] = None,
 ) -> None:
     """Evaluate models and strategies on local datasets (the harness of kvemb_rag.evaluation)."""
     with _user_errors():

@@ -31,7 +31,13 @@ from typing import Any, cast
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from kvemb_rag.engine.config import STORED_SETTINGS, VECTOR_SETTINGS, EmbedderConfig, validate_settings
+from kvemb_rag.engine.config import (
+    PRECISION_SETTINGS,
+    STORED_SETTINGS,
+    VECTOR_SETTINGS,
+    EmbedderConfig,
+    validate_settings,
+)
 from kvemb_rag.engine.embedder import KVEmbedder
 from kvemb_rag.engine.identity import canonical_json
 from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
@@ -139,18 +145,20 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
         """Refuse updates that would mix incomparable vectors in one collection.
 
         The settings compared are the engine's :data:`~kvemb_rag.engine.config.VECTOR_SETTINGS`, the same
-        list the store's embedder identity is made of; defaults are spelled out on both sides first.
+        list the store's embedder identity is made of, less the dtype (it changes the vectors only by
+        rounding, as the store's identity check has it); defaults are spelled out on both sides first.
 
         Args:
             old_config: The stored configuration.
             new_config: The proposed one.
 
         Raises:
-            ConfigError: A setting that changes the vectors differs; ``device``, ``batch_size`` and
-                ``max_padding`` may change.
+            ConfigError: A setting that changes the vectors differs; ``device``, ``dtype``, ``batch_size``
+                and ``max_padding`` may change.
         """
         old, new = _stored(_parse(old_config)), _stored(_parse(new_config))
-        changed = [k for k in VECTOR_SETTINGS if canonical_json(old.get(k)) != canonical_json(new.get(k))]
+        compared = [k for k in VECTOR_SETTINGS if k not in PRECISION_SETTINGS]  # a dtype change is only rounding
+        changed = [k for k in compared if canonical_json(old.get(k)) != canonical_json(new.get(k))]
         if changed:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
             raise ConfigError(

@@ -96,9 +96,7 @@ def test_model_defaults_to_env(monkeypatch: pytest.MonkeyPatch, tiny_model_path:
         ({"colour": "blue"}, "Unknown"),
     ],
 )
-def test_validate_config_refuses_bad_settings(
-    ef: KVEmbeddingFunction, change: dict[str, Any], message: str
-) -> None:
+def test_validate_config_refuses_bad_settings(ef: KVEmbeddingFunction, change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         KVEmbeddingFunction.validate_config({**ef.get_config(), **change})
 
@@ -146,7 +144,9 @@ def test_collection_reopens_in_a_new_process(
     collection = client.create_collection("stories", embedding_function=ef)  # type: ignore[arg-type]
     assert collection.configuration_json["hnsw"]["space"] == "cosine"  # the function's default space
     assert collection.configuration_json["embedding_function"] == {
-        "name": "kvemb", "type": "known", "config": ef.get_config(),
+        "name": "kvemb",
+        "type": "known",
+        "config": ef.get_config(),
     }
     collection.add(ids=[f"d{i}" for i in range(len(DOCS))], documents=DOCS)
     here = collection.query(query_texts=[QUESTION], n_results=3)
@@ -165,7 +165,11 @@ def test_collection_reopens_in_a_new_process(
     env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, str(script), str(path), QUESTION],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     there = json.loads(run.stdout.strip().splitlines()[-1])
@@ -194,20 +198,33 @@ _VECTOR_CHANGES: dict[str, Any] = {
 
 def test_chroma_and_the_store_agree_on_the_same_vectors(ef: KVEmbeddingFunction, tiny_embedder: Any) -> None:
     """Every vector setting is refused by the Chroma function's update check and, where the identity records it
-    by name, makes the store's identity differ; settings that do not change the vectors pass both."""
-    from kvemb_rag.engine.config import VECTOR_SETTINGS
-    from kvemb_rag.engine.identity import IDENTITY_SETTINGS, RECORDED_THROUGH, identity_differences
+    by name, makes the store's identity differ; settings that do not change the vectors pass both, and the
+    precision settings (the dtype: rounding only) pass both while the identity still names the change."""
+    from kvemb_rag.engine.config import PRECISION_SETTINGS, VECTOR_SETTINGS
+    from kvemb_rag.engine.identity import (
+        IDENTITY_SETTINGS,
+        RECORDED_THROUGH,
+        identity_differences,
+        precision_differences,
+    )
 
-    assert set(_VECTOR_CHANGES) == set(VECTOR_SETTINGS)
+    assert set(_VECTOR_CHANGES) == set(VECTOR_SETTINGS) and PRECISION_SETTINGS == ("dtype",)
     old = ef.get_config()
     for name, value in _VECTOR_CHANGES.items():
+        if name in PRECISION_SETTINGS:
+            ef.validate_config_update(old, {**old, name: value})
+            continue
         with pytest.raises(ConfigError, match=f"Cannot change {name}: "):
             ef.validate_config_update(old, {**old, name: value})
     ef.validate_config_update(old, {**old, "device": "cpu", "batch_size": 4, "max_padding": 1.0})
     assert set(IDENTITY_SETTINGS) | set(RECORDED_THROUGH) == set(VECTOR_SETTINGS)
     stored = tiny_embedder.identity
-    for name in set(IDENTITY_SETTINGS) - {"model"}:
+    for name in set(IDENTITY_SETTINGS) - {"model"} - set(PRECISION_SETTINGS):
         changed = tiny_embedder.with_options(**{name: _VECTOR_CHANGES[name]})
         assert name in identity_differences(stored, changed.identity), name
+    other_dtype = "float32" if stored["dtype"] == "bfloat16" else "bfloat16"
+    rounded = tiny_embedder.with_options(dtype=other_dtype)
+    assert identity_differences(stored, rounded.identity) == {}
+    assert precision_differences(stored, rounded.identity) == {"dtype": (stored["dtype"], other_dtype)}
     same = tiny_embedder.with_options(batch_size=3, max_padding=1.0, device="cpu")
     assert identity_differences(stored, same.identity) == {}

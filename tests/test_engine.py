@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -207,8 +208,11 @@ def test_query_and_document_sides_differ(stories: KVEmbedder) -> None:
     d = sided.encode_document(SENTENCES[0])
     assert not np.allclose(q, d)
     np.testing.assert_allclose(sided.encode(SENTENCES[0]), d)  # prompt=None is the document side
-    np.testing.assert_allclose(sided.encode_document(SENTENCES[0]), stories.with_options(
-        document_template="Passage: {text}").encode_document(SENTENCES[0]), atol=1e-6)
+    np.testing.assert_allclose(
+        sided.encode_document(SENTENCES[0]),
+        stories.with_options(document_template="Passage: {text}").encode_document(SENTENCES[0]),
+        atol=1e-6,
+    )
 
 
 def test_unnormalised_output(stories: KVEmbedder) -> None:
@@ -233,7 +237,7 @@ def test_identity_describes_the_vectors(stories: KVEmbedder) -> None:
     ident = stories.identity
     assert ident["strategy"] == "kv" and ident["layers"] == list(stories.layers)
     assert ident["weights"].startswith("sha256:") and ident["max_length"] == 512
-    assert ident["pooling"] == "hybrid" and ident["dtype"] == "float32"
+    assert ident["pooling"] == "hybrid" and ident["dtype"] == str(stories.dtype).removeprefix("torch.")
     json.dumps(ident)
     assert stories.with_options(strategy="mean").identity["bias"] is None
 
@@ -365,8 +369,9 @@ def test_unreachable_hub_name(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_encoder_model_is_refused(tmp_path: Path) -> None:
-    BertModel(BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=37)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    ).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'bert' model, which is not a decoder-only"):
         KVEmbedder(str(tmp_path))
 
@@ -398,6 +403,7 @@ def test_architecture_with_its_own_attention_table(tmp_path: Path) -> None:
 
 
 def test_device_and_dtype_defaults(stories: KVEmbedder) -> None:
+    assert os.environ["KVEMB_DTYPE"] == "float32"  # the suite's default (tests/__init__.py)
     assert stories.device == torch.device("cpu") and stories.dtype == torch.float32
     with pytest.raises(ValueError, match="dtype='float8'"):
         stories.with_options(dtype="float8")

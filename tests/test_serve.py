@@ -9,8 +9,9 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ TEXTS = ["The cat sat on the mat.", "Bread dough rises because of yeast.", "A bo
 class Served:
     url: str
     app: Any
+    engine: Any = None
 
     def client(self, key: str = KEY) -> Any:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60)
@@ -49,9 +51,52 @@ class Served:
         return httpx.post(f"{self.url}/v1/embeddings", json=body, headers=headers, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_embedder: KVEmbedder) -> Iterator[Served]:
-    app = create_app(tiny_embedder, model_name=NAME, api_key=KEY, limits=LIMITS)
+class GatedEngine:
+    """The real tiny embedder, its engine calls recorded and held at a gate (a wrapper: the model is real).
+
+    ``encode`` waits for ``gate`` (set by default), so a test can hold the engine busy deterministically;
+    ``entered`` is set once a call has started; ``formatted`` counts template applications (tokenisation).
+    """
+
+    def __init__(self, inner: KVEmbedder) -> None:
+        self._inner = inner
+        self.calls: list[tuple[list[str], str]] = []
+        self.formatted = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def format(self, text: str, prompt_name: str = "document") -> str:
+        self.formatted += 1
+        return self._inner.format(text, prompt_name)
+
+    def encode(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        self.entered.set()
+        assert self.gate.wait(120), "the test never opened the gate"
+        self.calls.append((list(texts), kwargs["prompt_name"]))
+        return self._inner.encode(texts, **kwargs)
+
+    def replayed(self, since: int = 0) -> dict[tuple[str, str], np.ndarray]:
+        """Each text's vector from the engine, re-run on the calls the server made since call ``since``.
+
+        The same batches, so the same rounding: where the engine computes in bfloat16, a text's vector moves by
+        up to ~3e-3 with its batch's padding, which is the engine's business, not the server's.
+        """
+        vectors = {}
+        for texts, side in self.calls[since:]:
+            for text, vector in zip(texts, self._inner.encode(texts, prompt_name=side), strict=True):
+                vectors[(text, side)] = vector
+        return vectors
+
+
+
+
+@contextmanager
+def _serving(app: Any) -> Iterator[Served]:
+    """``app`` on a real uvicorn server in a thread of this process, on a free loopback port."""
     port = _free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
@@ -65,6 +110,14 @@ def server(tiny_embedder: KVEmbedder) -> Iterator[Served]:
     finally:
         uv.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_embedder: KVEmbedder) -> Iterator[Served]:
+    engine = GatedEngine(tiny_embedder)  # the gate stays open: it records the engine calls
+    with _serving(create_app(engine, model_name=NAME, api_key=KEY, limits=LIMITS)) as served:  # type: ignore[arg-type]
+        served.engine = engine
+        yield served
 
 
 def test_vectors_equal_the_engine_on_both_sides(server: Served, tiny_embedder: KVEmbedder) -> None:
@@ -162,6 +215,7 @@ def test_32_concurrent_clients_each_get_their_own_vector(server: Served, tiny_em
     sides = ["query" if i % 3 == 0 else "document" for i in range(32)]
     client = server.client()  # one httpx pool shared by the threads, as an application would
     before = server.app.state.batcher.stats.calls, server.app.state.batcher.stats.texts
+    since = len(server.engine.calls)
     barrier = threading.Barrier(32)
 
     def ask(i: int) -> list[float]:
@@ -171,10 +225,12 @@ def test_32_concurrent_clients_each_get_their_own_vector(server: Served, tiny_em
 
     with ThreadPoolExecutor(32) as pool:
         got = np.array(list(pool.map(ask, range(32))))
-    for side in ("query", "document"):
+    replayed = server.engine.replayed(since)  # the engine on the server's own batches
+    np.testing.assert_allclose(got, [replayed[(texts[i], sides[i])] for i in range(32)], atol=1e-5)
+    for side in ("query", "document"):  # and within the engine's rounding of any other batching
         rows = [i for i in range(32) if sides[i] == side]
         expected = tiny_embedder.encode([texts[i] for i in rows], prompt_name=side)
-        np.testing.assert_allclose(got[rows], expected, atol=1e-5)
+        np.testing.assert_allclose(got[rows], expected, atol=1e-2)
     calls = server.app.state.batcher.stats.calls - before[0]
     assert server.app.state.batcher.stats.texts - before[1] == 32
     assert calls < 32, f"32 concurrent requests were not coalesced ({calls} engine calls)"
@@ -195,7 +251,8 @@ def test_cli_serve_binds_loopback_and_answers(
     tiny_model_path: Path, subprocess_env: dict[str, str], tiny_embedder: KVEmbedder
 ) -> None:
     port = _free_port()
-    command = [sys.executable, "-m", "kvemb_rag.cli", "serve", "--model", str(tiny_model_path), "--port", str(port)]
+    command = [sys.executable, "-m", "kvemb_rag.cli", "serve", "--model", str(tiny_model_path), "--port", str(port),
+               "--max-batch-tokens", "4096", "--max-concurrent-requests", "8"]
     env = {**subprocess_env, "KVEMB_API_KEY": "from-env"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -218,6 +275,8 @@ def test_cli_serve_binds_loopback_and_answers(
             atol=1e-5,
         )
         assert httpx.post(f"{url}/v1/embeddings", json={"model": "x", "input": "x"}, timeout=10).status_code == 401
+        metrics = httpx.get(f"{url}/metrics", timeout=10)  # no key needed
+        assert metrics.status_code == 200 and "kvemb_embedded_tokens_total" in metrics.text
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         if listening:  # `ss` is present: the server listens on the loopback address only
             assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"], listening
@@ -260,6 +319,9 @@ def test_langchain_and_llamaindex_openai_classes(server: Served, tiny_embedder: 
         ({"max_tokens_per_input": 1.5}, "max_tokens_per_input must be an int >= 1"),
         ({"max_batch": True}, "max_batch must be an int >= 1"),
         ({"max_wait_ms": -1}, "max_wait_ms must be a number of milliseconds"),
+        ({"max_batch_tokens": 0}, r"max_batch_tokens must be an int >= 1; got 0 \(tokens per engine call"),
+        ({"max_concurrent_requests": "512"}, r"max_concurrent_requests must be an int >= 1; got '512'"),
+        ({"max_concurrent_requests": False}, "max_concurrent_requests must be an int >= 1; got False"),
     ],
 )
 def test_serve_limits_are_validated(kwargs: dict[str, Any], needle: str) -> None:
@@ -272,3 +334,176 @@ def test_kvemb_help_does_not_import_the_server_or_ray() -> None:
     code = f"import sys; from kvemb_rag.cli import app; print(sorted(m for m in {heavy} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+# ------------------------------------------------------------------------------------- under load
+def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    """Wait for a state the test brought about (a deadline against hangs, not a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def _post(url: str, texts: Any, key: str | None = None, client: httpx.Client | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"model": NAME, "input": texts}
+    if client is not None:
+        return client.post(f"{url}/v1/embeddings", json=body, headers=headers)
+    return httpx.post(f"{url}/v1/embeddings", json=body, headers=headers, timeout=120)
+
+
+def _in_threads(calls: list[Callable[[], httpx.Response]]) -> tuple[list[threading.Thread], list[Any]]:
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    return threads, results
+
+
+def test_engine_calls_fill_the_token_budget_and_a_longer_text_runs_alone(tiny_embedder: KVEmbedder) -> None:
+    budget = 100
+    engine = GatedEngine(tiny_embedder)
+    limits = ServeLimits(max_inputs=16, max_tokens_per_input=256, max_wait_ms=0, max_batch_tokens=budget)
+    app = create_app(engine, model_name=NAME, limits=limits)  # type: ignore[arg-type]
+    long_text = "The cat sat on the mat and looked at the moon for a long time. " * 4
+    shorts = [f"Cat {i}." for i in range(4)] + [f"A boat on river number {i}." for i in range(4)]
+    requests: list[list[str]] = [[shorts[0]], [shorts[1], shorts[2]], [long_text], [shorts[3]], shorts[4:]]
+    count = {text: tiny_embedder.count_tokens(text) for text in [*shorts, long_text, "blocker"]}
+    assert count[long_text] > budget >= max(count[s] for s in shorts) * 2, count
+    with _serving(app) as served:
+        engine.gate.clear()
+        blocker, _ = _in_threads([lambda: _post(served.url, "blocker")])
+        _until(engine.entered.is_set, "the engine to start the first call")
+        threads, results = [], []
+        for texts in requests:  # queued one request after the other, so their order is known
+            target = app.state.batcher.waiting + len(texts)
+            more, got = _in_threads([lambda texts=texts: _post(served.url, texts)])
+            _until(lambda target=target: app.state.batcher.waiting == target, "the request's texts to queue")
+            threads += more
+            results.append(got)  # filled in by its thread
+        engine.gate.set()
+        for thread in [*blocker, *threads]:
+            thread.join(timeout=120)
+    queued_order = [text for texts in requests for text in texts]
+    calls = [texts for texts, _ in engine.calls[1:]]  # after the blocker's call
+    assert [text for texts in calls for text in texts] == queued_order  # first in, first embedded
+    for i, texts in enumerate(calls):
+        tokens = sum(count[text] for text in texts)
+        assert tokens <= budget or texts == [long_text], (texts, tokens)
+        if i + 1 < len(calls):  # each call was filled: the next text would have overflowed it
+            assert tokens + count[calls[i + 1][0]] > budget, (texts, calls[i + 1])
+    assert [long_text] in calls and max(len(texts) for texts in calls) > 1, calls
+    assert app.state.batcher.stats.tokens == sum(count[text] for text in ["blocker", *queued_order])
+    replayed = engine.replayed()
+    for texts, (response,) in zip(requests, results, strict=True):
+        assert response.status_code == 200, response.text
+        got = np.array([d["embedding"] for d in response.json()["data"]])
+        np.testing.assert_allclose(got, [replayed[(text, "document")] for text in texts], atol=1e-5)
+
+
+def test_a_full_server_answers_429_and_every_admitted_request_completes(tiny_embedder: KVEmbedder) -> None:
+    engine = GatedEngine(tiny_embedder)
+    limits = ServeLimits(max_inputs=16, max_tokens_per_input=64, max_wait_ms=0, max_concurrent_requests=3)
+    app = create_app(engine, model_name=NAME, api_key=KEY, limits=limits)  # type: ignore[arg-type]
+    sample = app.state.metrics.registry.get_sample_value
+    with _serving(app) as served:
+        engine.gate.clear()
+        threads, responses = _in_threads([lambda i=i: _post(served.url, TEXTS[i], KEY) for i in range(3)])
+        # One text in the engine (held at the gate), two queued behind it: three requests admitted.
+        _until(lambda: engine.entered.is_set() and app.state.batcher.waiting == 2, "three admitted requests")
+        assert sample("kvemb_requests_in_flight") == 3
+        formatted = engine.formatted
+        with httpx.Client(timeout=60) as client:  # one connection, kept alive across the refusal
+            refused = _post(served.url, ["one more"] * 16, KEY, client=client)
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "1"
+            error = refused.json()["error"]
+            assert error["code"] == "server_overloaded" and error["type"] == "rate_limit_error"
+            assert "3 embedding requests are in flight" in error["message"]
+            assert "--max-concurrent-requests" in error["message"]
+            assert engine.formatted == formatted, "the refused request was tokenised"
+            with pytest.raises(openai.RateLimitError, match="server is busy"):
+                served.client().embeddings.create(model=NAME, input="and another")
+            assert client.get(f"{served.url}/health").status_code == 200  # the rest of the server answers
+            metrics = client.get(f"{served.url}/metrics").text
+            assert "kvemb_requests_in_flight 3.0" in metrics and "kvemb_queue_texts 2.0" in metrics
+            engine.gate.set()
+            for thread in threads:
+                thread.join(timeout=120)
+            replayed = engine.replayed()
+            for i, response in enumerate(responses):  # none of the admitted requests was lost
+                assert response.status_code == 200, response.text
+                got = np.array(response.json()["data"][0]["embedding"])
+                np.testing.assert_allclose(got, replayed[(TEXTS[i], "document")], atol=1e-5)
+            assert sample("kvemb_requests_in_flight") == 0  # released before the answers were handed over
+            assert _post(served.url, ["room again"], KEY, client=client).status_code == 200
+    assert sample("kvemb_rejected_requests_total") == 2
+    assert sample("kvemb_responses_total", {"code": "429", "class": "4xx"}) == 2
+    assert sample("kvemb_responses_total", {"code": "200", "class": "2xx"}) == 4
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_need_no_key_and_move_with_requests(server: Served, tiny_embedder: KVEmbedder) -> None:
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = httpx.get(f"{server.url}/metrics", timeout=10)  # no key: like /health
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        return _samples(response.text)
+
+    ok, bad = ("kvemb_responses_total", (("class", "2xx"), ("code", "200"))), (
+        "kvemb_responses_total", (("class", "4xx"), ("code", "400")))
+    before = scrape()
+    for name in ("kvemb_queue_texts", "kvemb_requests_in_flight", "kvemb_embedded_tokens_total",
+                 "kvemb_batch_tokens_count", "kvemb_batch_tokens_sum", "kvemb_request_duration_seconds_count",
+                 "kvemb_rejected_requests_total"):
+        assert (name, ()) in before, name
+    assert ("kvemb_batch_tokens_bucket", (("le", "16384.0"),)) in before
+    assert server.post({"model": NAME, "input": TEXTS}).status_code == 200
+    assert server.post({"model": NAME, "input": []}).status_code == 400
+    after = scrape()
+    tokens = sum(tiny_embedder.count_tokens(text) for text in TEXTS)
+
+    def moved(key: tuple[str, tuple[tuple[str, str], ...]]) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved(("kvemb_embedded_tokens_total", ())) == tokens
+    assert moved(("kvemb_batch_tokens_sum", ())) == tokens and moved(("kvemb_batch_tokens_count", ())) >= 1
+    assert moved(("kvemb_request_duration_seconds_count", ())) == 1
+    assert moved(ok) == 1 and moved(bad) == 1
+    assert after[("kvemb_requests_in_flight", ())] == 0 and after[("kvemb_queue_texts", ())] == 0
+    assert moved(("kvemb_rejected_requests_total", ())) == 0
+
+
+def test_each_app_has_its_own_metrics_registry(tiny_embedder: KVEmbedder) -> None:
+    first, second = (create_app(tiny_embedder, model_name=NAME) for _ in range(2))
+    assert first.state.metrics.registry is not second.state.metrics.registry
+    first.state.metrics.observe_batch(1, 7, 0.0)
+    assert first.state.metrics.registry.get_sample_value("kvemb_embedded_tokens_total") == 7
+    assert second.state.metrics.registry.get_sample_value("kvemb_embedded_tokens_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--max-batch-tokens", "0"), ("--max-concurrent-requests", "-1")]
+)
+def test_cli_refuses_invalid_load_options(option: str, value: str) -> None:
+    from typer.testing import CliRunner
+
+    from kvemb_rag.cli import app
+
+    result = CliRunner().invoke(app, ["serve", option, value])  # refused before any model loads
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert f"Invalid value for '{option}'" in said and "greater than or equal to 1" in said, said

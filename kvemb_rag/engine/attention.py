@@ -12,6 +12,10 @@ tensors attention would use:
 the key and value of each row's last real token are prepended as one extra slot, visible to every query,
 with a scalar bias on its pre-softmax logit; the original causal + padding mask is kept for the other
 ``T`` keys; queries are not extended, so the layer still outputs ``T`` positions.
+
+The engine's own forward passes no mask (rows are right-padded), so a re-routed layer keeps SDPA's causal
+kernel (:func:`_causal_with_slot`); only a layer that receives a real mask (a sliding window, a caller's
+padding mask) builds the extended float mask (:func:`extend_mask`).
 """
 
 from __future__ import annotations
@@ -130,7 +134,13 @@ def kv_reroute_attention(
     key = torch.cat([k_last, key], dim=2)  # (B, H_kv, T+1, D)
     value = torch.cat([v_last, value], dim=2)  # (B, H_kv, T+1, D)
 
-    # One extended mask per forward call, shared by every selected layer (they get the same input mask).
+    if attention_mask is None:
+        dropout_p = dropout if module.training else 0.0
+        out = _causal_with_slot(query, key, value, state.bias, scaling, dropout_p)  # (B, H_q, T, D)
+        return out.transpose(1, 2).contiguous(), None  # (B, T, H_q, D)
+
+    # A real mask (padding, sliding window): one extended mask per forward call, shared by every selected
+    # layer (they get the same input mask).
     cache_key = (id(attention_mask), T, query.dtype, query.device)
     mask = state._masks.get(cache_key)
     if mask is None:
@@ -147,6 +157,48 @@ def kv_reroute_attention(
         enable_gqa=H_q != H_kv,
     )  # (B, H_q, T, D)
     return out.transpose(1, 2).contiguous(), None  # (B, T, H_q, D)
+
+
+def _causal_with_slot(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: float, scaling: float | None, dropout_p: float
+) -> torch.Tensor:
+    """Plain causal attention over ``[slot; T keys]`` on SDPA's ``is_causal`` kernel, without a float mask.
+
+    A dummy query is put first, so the square ``(T+1, T+1)`` causal mask lets real query ``i`` (row
+    ``i+1``) see the slot and keys ``0..i``: exactly the slot plus the original causal mask. The slot's
+    logit bias travels in two extra head dimensions: the queries get ``[1, 1]``, the slot's key
+    ``[hi, lo]`` with ``hi + lo = bias / scale`` (``lo`` keeps what ``hi`` loses in a low-precision dtype),
+    every other key ``[0, 0]``; values get two zero dimensions, dropped from the output. So
+    ``scale * q'.k'`` is ``scale * q.k + bias`` on the slot and ``scale * q.k`` elsewhere.
+
+    Args:
+        query: ``(B, H_q, T, D)``.
+        key: ``(B, H_kv, T+1, D)``, the slot first.
+        value: ``(B, H_kv, T+1, D)``, the slot first.
+        bias: The slot's logit bias.
+        scaling: The layer's softmax scale (``None``: ``1/sqrt(D)``).
+        dropout_p: Attention dropout (0 outside training).
+
+    Returns:
+        ``(B, H_q, T, D)``.
+    """
+    B, H_q, T, D = query.shape  # batch, query heads, tokens, head dim
+    H_kv = key.shape[1]  # key/value heads
+    scale = D**-0.5 if scaling is None else scaling
+    offset = torch.tensor(bias / scale, dtype=torch.float64)  # bias in q.k units
+    hi = offset.to(query.dtype)  # ()
+    lo = (offset - hi.double()).to(query.dtype)  # ()
+    query = torch.cat([query.new_zeros(B, H_q, 1, D), query], dim=2)  # (B, H_q, T+1, D)
+    query = torch.cat([query, query.new_ones(B, H_q, T + 1, 2)], dim=3)  # (B, H_q, T+1, D+2)
+    extra = key.new_zeros(B, H_kv, T + 1, 2)  # (B, H_kv, T+1, 2)
+    extra[:, :, 0, 0] = hi
+    extra[:, :, 0, 1] = lo
+    key = torch.cat([key, extra], dim=3)  # (B, H_kv, T+1, D+2)
+    value = torch.cat([value, value.new_zeros(B, H_kv, T + 1, 2)], dim=3)  # (B, H_kv, T+1, D+2)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=H_q != H_kv
+    )  # (B, H_q, T+1, D+2)
+    return out[:, :, 1:, :D]  # (B, H_q, T, D)
 
 
 def register() -> None:

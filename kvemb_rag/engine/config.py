@@ -138,7 +138,7 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DTYPE_ALIASES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _meta(doc: str, *, vectors: bool = False, stored: bool = True) -> dict[str, Any]:
+def _meta(doc: str, *, vectors: bool = False, stored: bool = True, precision: bool = False) -> dict[str, Any]:
     """What the rest of the project needs to know about a field of :class:`EmbedderConfig`.
 
     Args:
@@ -146,8 +146,10 @@ def _meta(doc: str, *, vectors: bool = False, stored: bool = True) -> dict[str, 
         vectors: Changing it changes the vectors: it is part of the store's embedder identity and of the
             Chroma function's "same vectors" check, and a collection refuses a change.
         stored: Kept in a Chroma collection's configuration (``False`` for machine-local or unsafe settings).
+        precision: A vector setting that changes the vectors only by rounding (the compute dtype): recorded in
+            the identity, but two engines that differ only in it share a collection (the difference is logged).
     """
-    return {"doc": doc, "vectors": vectors, "stored": stored}
+    return {"doc": doc, "vectors": vectors, "stored": stored, "precision": precision}
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,8 @@ class EmbedderConfig:
         pooling: ``"hybrid"``, ``"last"`` or ``"mean"`` of the final hidden states; ``None`` means the
             strategy's own (hybrid for ``kv``/``kv-ablation``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` means CUDA when available, else CPU.
-        dtype: One of :data:`DTYPES` (or a short name of :data:`DTYPE_ALIASES`); ``None`` means bfloat16 on
-            CUDA, float32 on CPU.
+        dtype: One of :data:`DTYPES` (or a short name of :data:`DTYPE_ALIASES`); ``None`` means bfloat16 where
+            the hardware computes it natively (CUDA, a CPU with AMX, AVX512-BF16 or Arm BF16), else float32.
         max_length: Token budget per forward pass, prompt template included; ``None`` means 4,096 or the
             model's context size if smaller.
         batch_size: Most texts per forward pass.
@@ -200,7 +202,11 @@ class EmbedderConfig:
     )
     dtype: str | None = field(
         default=None,
-        metadata=_meta("float32, bfloat16 or float16; default bfloat16 on CUDA, float32 on CPU.", vectors=True),
+        metadata=_meta(
+            "float32, bfloat16 or float16; default bfloat16 where the hardware has it natively, else float32.",
+            vectors=True,
+            precision=True,
+        ),
     )
     max_length: int | None = field(
         default=None,
@@ -319,6 +325,8 @@ class EmbedderConfig:
 SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(EmbedderConfig))
 #: Settings whose change changes the vectors (identity, "same vectors" checks).
 VECTOR_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(EmbedderConfig) if f.metadata["vectors"])
+#: Vector settings that change the vectors only by rounding: recorded, but not a reason to refuse a collection.
+PRECISION_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(EmbedderConfig) if f.metadata["precision"])
 #: Settings kept in a Chroma collection's configuration.
 STORED_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(EmbedderConfig) if f.metadata["stored"])
 #: Engine arguments that are not settings of the vectors' recipe: data and display.

@@ -28,9 +28,10 @@ from kvemb_rag.engine.config import (
     LayerSelectionConfig,
 )
 from kvemb_rag.engine.identity import identity_of, settings_from_identity
-from kvemb_rag.engine.loader import LoadedModel, attach_model, load_model
+from kvemb_rag.engine.loader import LoadedModel, attach_model, load_model, resolve_device
 from kvemb_rag.engine.models import default_model
 from kvemb_rag.engine.pooling import pool
+from kvemb_rag.engine.precision import dtype_name, resolve_dtype, runs_natively
 from kvemb_rag.errors import ConfigError, InputError, UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ class KVEmbedder:
         bias: Logit bias of the re-routed slot (docs/method.md: 1.0).
         pooling: ``"hybrid"`` (last + mean), ``"last"`` or ``"mean"``; default the strategy's own.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available, else CPU.
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default bfloat16 on CUDA, float32 on CPU.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default bfloat16 where it runs natively (CUDA, a
+            CPU with AMX, AVX512-BF16 or Arm BF16), else float32.
         max_length: Tokens per forward pass, prompt template included; default 4,096 or the model's
             context size if smaller. Longer texts are chunked (see :meth:`encode`).
         batch_size: Most texts per forward pass.
@@ -140,14 +142,18 @@ class KVEmbedder:
         self.show_progress_bar = show_progress_bar
         self._calibration_texts = list(calibration_texts) if calibration_texts is not None else None
         attached = _ATTACHING.loaded
-        self._loaded: LoadedModel = attached if attached is not None else load_model(
-            self.config.model,
-            revision=self.config.revision,
-            device=self.config.device,
-            dtype=self.config.dtype,
-            trust_remote_code=self.config.trust_remote_code,
-            allow_unverified_architecture=self.config.allow_unverified_architecture,
-            cache_dir=self.config.cache_dir,
+        self._loaded: LoadedModel = (
+            attached
+            if attached is not None
+            else load_model(
+                self.config.model,
+                revision=self.config.revision,
+                device=self.config.device,
+                dtype=self.config.dtype,
+                trust_remote_code=self.config.trust_remote_code,
+                allow_unverified_architecture=self.config.allow_unverified_architecture,
+                cache_dir=self.config.cache_dir,
+            )
         )
         self.max_length = self._resolve_max_length(max_length)
         self.id_curve: list[float] | None = None
@@ -224,6 +230,21 @@ class KVEmbedder:
             ConfigError: ``identity`` lacks the ``model`` entry.
         """
         settings = {**settings_from_identity(identity), **overrides}
+        recorded = settings.get("dtype")
+        if "dtype" not in overrides and recorded is not None:
+            device = resolve_device(settings.get("device"))
+            if not runs_natively(resolve_dtype(recorded, device), device):
+                settings["dtype"] = None  # this machine's default; the vectors agree to rounding
+                logger.info(
+                    "The collection was built in %s, which this %s does not compute natively; embedding in %s "
+                    'instead (the vectors agree to rounding, docs/method.md "Precision"). Pass dtype=%r to '
+                    "keep %s (slower here).",
+                    recorded,
+                    device.type,
+                    dtype_name(resolve_dtype(None, device)),
+                    recorded,
+                    recorded,
+                )
         return cls(str(settings.pop("model")), **settings)
 
     @classmethod
@@ -277,7 +298,7 @@ class KVEmbedder:
             self.config.explicit(),
             layers=self.layers,
             max_length=self.max_length,
-            dtype=str(self.dtype).removeprefix("torch."),
+            dtype=dtype_name(self.dtype),
         )
 
     @property
@@ -371,9 +392,7 @@ class KVEmbedder:
         self._check_texts(texts)
         template = self.config.template("document")
         cache_dir = layer_selection.cache_directory(self.config.cache_dir)
-        key = layer_selection.selection_cache_key(
-            self._loaded.fingerprint(), template, texts, rule, str(self.dtype)
-        )
+        key = layer_selection.selection_cache_key(self._loaded.fingerprint(), template, texts, rule, str(self.dtype))
         cached = layer_selection.load_cached_selection(cache_dir, key)
         if cached is not None:
             logger.info("Layers %s for %s from the cache %s", list(cached.layers), self.config.model, cache_dir)

@@ -6,6 +6,12 @@ the *resolved* value of every setting marked ``vectors`` in :class:`~kvemb_rag.e
 (:data:`~kvemb_rag.engine.config.VECTOR_SETTINGS`): the layers actually re-routed, the templates and pooling
 actually used, the token budget and dtype in effect. Two vector settings are recorded through something
 else: ``revision`` through the weights fingerprint and ``selection`` through the layers it chose.
+
+The compute dtype is recorded but does not make two identities differ
+(:data:`~kvemb_rag.engine.config.PRECISION_SETTINGS`): float32 and bfloat16 vectors of the same recipe agree
+to a cosine of 0.9999 and score the same on dev data (docs/method.md, "Precision"), so a collection built
+on a machine with native bfloat16 stays usable on one without it. :func:`precision_differences` names
+such a difference so that callers can say it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kvemb_rag.engine.config import VECTOR_SETTINGS, EmbedderConfig
+from kvemb_rag.engine.config import PRECISION_SETTINGS, VECTOR_SETTINGS, EmbedderConfig
 from kvemb_rag.errors import ConfigError
 
 __all__ = [
@@ -22,6 +28,7 @@ __all__ = [
     "canonical_json",
     "identity_differences",
     "identity_of",
+    "precision_differences",
     "settings_from_identity",
 ]
 
@@ -55,7 +62,8 @@ def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) 
     """The keys on which two embedder identities differ.
 
     ``model`` (a name or a path as typed) is ignored when both sides carry the same ``weights`` fingerprint:
-    the same weights reached through another path give comparable vectors.
+    the same weights reached through another path give comparable vectors; so are the precision settings
+    (the dtype), which change the vectors only by rounding (see :func:`precision_differences`).
 
     Args:
         stored: One identity (e.g. the collection's).
@@ -65,7 +73,7 @@ def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) 
         ``{key: (stored value, current value)}``, empty when the identities are equivalent.
     """
     same_weights = stored.get("weights") is not None and stored.get("weights") == current.get("weights")
-    skip = {"model"} if same_weights else set()
+    skip = set(PRECISION_SETTINGS) | ({"model"} if same_weights else set())
     diffs: dict[str, tuple[Any, Any]] = {}
     for key in sorted(set(stored) | set(current)):
         if key in skip:
@@ -74,6 +82,15 @@ def identity_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) 
         if canonical_json(old) != canonical_json(new):
             diffs[key] = (old, new)
     return diffs
+
+
+def precision_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The precision settings (the dtype) on which two identities differ: ``{key: (stored, current)}``."""
+    return {
+        key: (stored.get(key), current.get(key))
+        for key in PRECISION_SETTINGS
+        if stored.get(key) is not None and current.get(key) is not None and stored.get(key) != current.get(key)
+    }
 
 
 def canonical_json(value: Any) -> str:

@@ -38,6 +38,7 @@ from kvemb_rag.engine.models import (
     gguf_architecture,
     resolve_source,
 )
+from kvemb_rag.engine.precision import resolve_dtype
 from kvemb_rag.errors import ConfigError, ModelLoadError, UnsupportedModelError
 
 __all__ = [
@@ -58,11 +59,26 @@ logger = logging.getLogger(__name__)
 VERIFIED_MODEL_TYPES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text"})
 #: Model types that are not decoders; refused with a pointer to sentence-transformers.
 ENCODER_MODEL_TYPES: frozenset[str] = frozenset(
-    {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet", "albert",
-     "modernbert", "nomic_bert", "camembert", "t5", "mt5", "bart", "mbart", "pegasus"}
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "mpnet",
+        "albert",
+        "modernbert",
+        "nomic_bert",
+        "camembert",
+        "t5",
+        "mt5",
+        "bart",
+        "mbart",
+        "pegasus",
+    }
 )
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -119,19 +135,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} was requested but CUDA is not available here; use device='cpu'.")
     return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """The compute dtype: the given one, else bfloat16 on CUDA and float32 elsewhere."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise ConfigError(f"dtype={dtype} is not supported; use one of float32, bfloat16, float16.")
-        return dtype
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not supported; use one of: {', '.join(sorted(_DTYPES))}.")
-    return _DTYPES[dtype]
 
 
 def _offline_hint(name: str) -> str:
@@ -317,7 +320,7 @@ def load_model(
             (:data:`kvemb_rag.engine.models.BUNDLED_MODELS`); see :func:`kvemb_rag.engine.models.resolve_source`.
         revision: Hub revision.
         device: Torch device; ``None`` picks CUDA when available, else CPU.
-        dtype: Compute dtype; ``None`` picks bfloat16 on CUDA, float32 elsewhere.
+        dtype: Compute dtype; ``None`` picks bfloat16 where it runs natively (CUDA, a bf16-capable CPU), else float32.
         trust_remote_code: Passed to transformers.
         allow_unverified_architecture: Allow model types outside :data:`VERIFIED_MODEL_TYPES`.
         cache_dir: kvemb-rag's cache (GGUF hashes and conversions); default ``$KVEMB_CACHE_DIR`` or
@@ -504,7 +507,8 @@ def _fingerprint(source: str, name: str, revision: str | None, config: Pretraine
         commit = getattr(config, "_commit_hash", None) or revision or "main"
         return f"{name}@{commit}"
     files = sorted(
-        p for p in path.iterdir()
+        p
+        for p in path.iterdir()
         if p.is_file() and (p.name == "config.json" or p.suffix in {".safetensors", ".bin", ".pt"})
     )
     key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)

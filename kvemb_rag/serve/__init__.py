@@ -4,7 +4,10 @@
 ``encoding_format`` ``"float"`` or ``"base64"``, ``data[i].embedding``, ``usage``), so the official ``openai``
 client, Chroma's ``OpenAIEmbeddingFunction`` and the LangChain / LlamaIndex OpenAI classes work against it; the
 extension field ``input_type`` (``"document"``, the default, or ``"query"``) picks the template. Concurrent
-requests are coalesced into engine batches (:class:`~kvemb_rag.serve.batcher.MicroBatcher`).
+requests are coalesced into engine calls of at most ``max_batch_tokens`` tokens
+(:class:`~kvemb_rag.serve.batcher.MicroBatcher`); at most ``max_concurrent_requests`` are admitted at once (one
+more gets 429 with ``Retry-After``); ``GET /metrics`` exposes Prometheus metrics
+(:class:`~kvemb_rag.serve.metrics.ServerMetrics`).
 
 Needs the ``serve`` extra: ``pip install "kvemb-rag[serve]"``.
 
@@ -19,6 +22,16 @@ from __future__ import annotations
 from kvemb_rag.serve.app import create_app, run_server
 from kvemb_rag.serve.batcher import BatcherStats, MicroBatcher
 from kvemb_rag.serve.config import ServeLimits
+from kvemb_rag.serve.metrics import ServerMetrics
 from kvemb_rag.serve.schema import APIError, EmbeddingRequest
 
-__all__ = ["APIError", "BatcherStats", "EmbeddingRequest", "MicroBatcher", "ServeLimits", "create_app", "run_server"]
+__all__ = [
+    "APIError",
+    "BatcherStats",
+    "EmbeddingRequest",
+    "MicroBatcher",
+    "ServeLimits",
+    "ServerMetrics",
+    "create_app",
+    "run_server",
+]

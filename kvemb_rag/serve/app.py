@@ -1,8 +1,10 @@
 """The FastAPI application: OpenAI's embeddings API in front of one loaded :class:`~kvemb_rag.KVEmbedder`.
 
-Routes: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{model}`` and ``GET /health`` (the only
-route that needs no key). Every error is answered in OpenAI's shape
-(``{"error": {"message", "type", "param", "code"}}``) and the server keeps serving.
+Routes: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{model}``, and, without the key,
+``GET /health`` and ``GET /metrics`` (Prometheus). Every error is answered in OpenAI's shape
+(``{"error": {"message", "type", "param", "code"}}``) and the server keeps serving. At most
+``max_concurrent_requests`` embeddings requests are admitted at once; one more gets 429 with ``Retry-After``
+(:class:`~kvemb_rag.serve.metrics.Admission`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kvemb_rag.errors import ConfigError
 from kvemb_rag.serve.batcher import MicroBatcher
 from kvemb_rag.serve.config import ServeLimits
+from kvemb_rag.serve.metrics import Admission, ServerMetrics, render_metrics
 from kvemb_rag.serve.schema import APIError, EmbeddingRequest, check_inputs, error_body
 
 if TYPE_CHECKING:
@@ -66,7 +69,14 @@ class _Service:
         self.dim = embedder.dim
         self.api_key = api_key
         self.limits = limits
-        self.batcher = MicroBatcher(self._encode, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms)
+        self.metrics = ServerMetrics(waiting=lambda: self.batcher.waiting)
+        self.batcher = MicroBatcher(
+            self._encode,
+            max_batch=limits.max_batch,
+            max_wait_ms=limits.max_wait_ms,
+            max_batch_tokens=limits.max_batch_tokens,
+            observe=self.metrics.observe_batch,
+        )
         self.tokens = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvemb-tokens")
         self.model_card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "kvemb-rag"}
 
@@ -140,7 +150,7 @@ class _Service:
                 param="input",
                 code="input_too_long",
             )
-        vectors = await self.batcher.embed(texts, side)  # (n, dim)
+        vectors = await self.batcher.embed(texts, side, counts)  # (n, dim); the counts fill the token budget
         if body.encoding_format == "base64":
             encoded: list[Any] = [
                 base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii") for v in vectors
@@ -199,7 +209,7 @@ def create_app(
         model_name: The name requests must give as ``model`` (and ``/v1/models`` lists); default the
             embedder's model argument (e.g. ``"smollm2-135m-instruct"``).
         api_key: When set, every ``/v1`` request needs ``Authorization: Bearer <api_key>`` (else 401).
-        limits: Request limits and batching; default :class:`ServeLimits()`.
+        limits: Request limits, admission and batching; default :class:`ServeLimits()`.
 
     Returns:
         The application (serve it with uvicorn, or :func:`run_server`).
@@ -224,14 +234,21 @@ def create_app(
 
     app = FastAPI(title="kvemb-rag embeddings", summary="OpenAI-compatible KV-Embedding API", lifespan=lifespan)
     app.state.batcher = service.batcher
+    app.state.metrics = service.metrics
     app.state.model_name = name
     app.state.limits = limits
     _answer_errors_as_openai(app)
+    app.add_middleware(Admission, limit=limits.max_concurrent_requests, metrics=service.metrics)
     keyed = [Depends(service.authorize)]
 
     @app.get("/health")
     async def health() -> Response:
         return _json({"status": "ok", "model": name, "dimensions": service.dim})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        body, content_type = render_metrics(service.metrics, request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
 
     @app.get("/v1/models", dependencies=keyed)
     async def models() -> Response:

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from kvemb_rag.engine.identity import canonical_json
+from kvemb_rag.engine.identity import canonical_json, precision_differences
 from kvemb_rag.errors import ConfigError, InputError
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
@@ -136,6 +136,7 @@ _SPACE = "cosine"
 # Records written per upsert unless the caller asks for fewer; always capped by the client's maximum.
 _DEFAULT_WRITE_BATCH = 256
 
+
 class KVStore:
     """Documents chunked, embedded with a :class:`KVEmbedder` and stored in a Chroma collection.
 
@@ -181,9 +182,7 @@ class KVStore:
         headers: Mapping[str, str] | None = None,
         lexical_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        given = [
-            name for name, value in (("path", path), ("url", url), ("client", client)) if value is not None
-        ]
+        given = [name for name, value in (("path", path), ("url", url), ("client", client)) if value is not None]
         if len(given) > 1:
             raise ConfigError(f"Give at most one of path, url or client; got {' and '.join(given)}.")
         if headers is not None and url is None:
@@ -196,11 +195,7 @@ class KVStore:
                 f"chunk_size must be None (the collection's, else {DEFAULT_CHUNK_SIZE}) or an int >= "
                 f"{_MIN_CHUNK_SIZE} (tokens per chunk, template included); got {chunk_size!r}."
             )
-        if (
-            isinstance(write_batch_size, bool)
-            or not isinstance(write_batch_size, int)
-            or write_batch_size < 1
-        ):
+        if isinstance(write_batch_size, bool) or not isinstance(write_batch_size, int) or write_batch_size < 1:
             raise ConfigError(f"write_batch_size must be an int >= 1; got {write_batch_size!r}.")
         if not isinstance(collection, str) or not collection:
             raise ConfigError(f"collection must be a non-empty str; got {collection!r}.")
@@ -259,9 +254,7 @@ class KVStore:
     @staticmethod
     def _check_overlap(overlap: int) -> None:
         if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-            raise ConfigError(
-                f"overlap must be an int >= 0 (tokens); got {overlap!r}. Use 0 for contiguous chunks."
-            )
+            raise ConfigError(f"overlap must be an int >= 0 (tokens); got {overlap!r}. Use 0 for contiguous chunks.")
 
     def list_collections(self) -> list[str]:
         """Names of all collections in the database, sorted."""
@@ -352,9 +345,7 @@ class KVStore:
         col = self._find_collection()
         return 0 if col is None else col.count()
 
-    def _all_metadata(
-        self, col: Collection, where: dict[str, Any] | None = None
-    ) -> Iterator[tuple[str, Any]]:
+    def _all_metadata(self, col: Collection, where: dict[str, Any] | None = None) -> Iterator[tuple[str, Any]]:
         """(id, metadata) of every record (matching ``where``), read in pages."""
         page = self._batch_size()
         offset = 0
@@ -396,9 +387,7 @@ class KVStore:
             return other.info()
         col = self._require_collection()
         documents = {_meta_key(m) for _, m in self._all_metadata(col) if m and "doc_id" in m}
-        return CollectionInfo(
-            col.name, col.count(), len(documents), self._stored_identity(col), self._space(col)
-        )
+        return CollectionInfo(col.name, col.count(), len(documents), self._stored_identity(col), self._space(col))
 
     def delete_collection(self) -> None:
         """Delete the whole collection (all records and its identity); a no-op when it does not exist."""
@@ -455,6 +444,15 @@ class KVStore:
             raise self._foreign(col)
         if identity_differences(stored, current):
             raise EmbedderMismatchError(col.name, stored, current)
+        for key, (built, now) in precision_differences(stored, current).items():
+            logger.info(
+                "Collection %r was built with %s=%s; this engine computes in %s. The vectors agree to rounding "
+                '(docs/method.md, "Precision"), so it is searched and extended as is.',
+                col.name,
+                key,
+                built,
+                now,
+            )
         space = self._space(col)
         if space is not None and space != _SPACE:
             raise IncompatibleCollectionError(
@@ -615,9 +613,7 @@ class KVStore:
                     by_doc.setdefault(key, {})[record_id] = meta
         return by_doc
 
-    def _delete_records(
-        self, col: Collection, by_doc: Mapping[DocKey, Mapping[str, Any]]
-    ) -> tuple[int, int]:
+    def _delete_records(self, col: Collection, by_doc: Mapping[DocKey, Mapping[str, Any]]) -> tuple[int, int]:
         """Delete the given documents' records; returns (documents, records deleted)."""
         ids = [record_id for records in by_doc.values() for record_id in records]
         if ids:
@@ -682,8 +678,14 @@ class KVStore:
 
         def search(n: int) -> list[Hit]:
             return search_chunks(
-                col, text, n, mode=mode, fusion=fusion or DEFAULT_FUSION, where=where,
-                query_vector=query_vector, lexical_index=self._refresh_lexical,
+                col,
+                text,
+                n,
+                mode=mode,
+                fusion=fusion or DEFAULT_FUSION,
+                where=where,
+                query_vector=query_vector,
+                lexical_index=self._refresh_lexical,
             )
 
         return best_per_document(search, k, total) if per_document else search(min(k, total))
