@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from kvemb_rag.engine.identity import canonical_json, precision_differences
+from kvemb_rag.engine.identity import canonical_json
 from kvemb_rag.errors import ConfigError, InputError
 from kvemb_rag.store.collection_io import (
     _CHUNK_SIZE_KEY,
@@ -59,6 +59,7 @@ from kvemb_rag.store.errors import (
     EmbedderMismatchError,
     IncompatibleCollectionError,
     KVStoreError,
+    check_same_vectors,
     identity_differences,
 )
 from kvemb_rag.store.indexing import _LOOKUP_DOCS, index_documents
@@ -442,17 +443,7 @@ class KVStore:
         stored = self._stored_identity(col)
         if stored is None:
             raise self._foreign(col)
-        if identity_differences(stored, current):
-            raise EmbedderMismatchError(col.name, stored, current)
-        for key, (built, now) in precision_differences(stored, current).items():
-            logger.info(
-                "Collection %r was built with %s=%s; this engine computes in %s. The vectors agree to rounding "
-                '(docs/method.md, "Precision"), so it is searched and extended as is.',
-                col.name,
-                key,
-                built,
-                now,
-            )
+        check_same_vectors(col.name, stored, current)
         space = self._space(col)
         if space is not None and space != _SPACE:
             raise IncompatibleCollectionError(

@@ -35,7 +35,7 @@ import numpy as np
 from kvemb_rag.engine.identity import IDENTITY_SETTINGS
 from kvemb_rag.errors import ConfigError
 from kvemb_rag.store.documents import Document
-from kvemb_rag.store.errors import EmbedderMismatchError, identity_differences
+from kvemb_rag.store.errors import check_same_vectors
 from kvemb_rag.store.indexing import BulkEmbed, index_documents
 from kvemb_rag.store.records import IndexSummary, ProgressCallback, _Pending
 
@@ -105,9 +105,7 @@ class EmbedActor:
         from kvemb_rag.engine.embedder import KVEmbedder  # in the actor's process
 
         self.embedder = KVEmbedder.from_identity(identity, **settings)
-        current = self.embedder.identity
-        if identity_differences(identity, current):
-            raise EmbedderMismatchError(collection, identity, current)
+        check_same_vectors(collection, identity, self.embedder.identity)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed ``batch["text"]`` with the document template; returns its rows and their vectors."""

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kvemb_rag.engine.identity import identity_differences
+from kvemb_rag.engine.identity import identity_differences, precision_differences
 from kvemb_rag.errors import KVEmbError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CollectionNotFoundError",
     "EmbedderMismatchError",
     "IncompatibleCollectionError",
     "KVStoreError",
+    "check_same_vectors",
     "identity_differences",
 ]
 
@@ -44,12 +48,30 @@ class EmbedderMismatchError(KVStoreError, ValueError):
         self.current = dict(current)
         self.differences = identity_differences(stored, current)
         lines = "\n".join(
-            f"  {key}: collection has {old!r}, embedder has {new!r}"
-            for key, (old, new) in self.differences.items()
+            f"  {key}: collection has {old!r}, embedder has {new!r}" for key, (old, new) in self.differences.items()
         )
         super().__init__(
             f"Collection {collection!r} was built with a different embedder; its vectors are not comparable "
             f"with this one's:\n{lines}\nUse the same settings as the collection (e.g. "
             f"KVStore(...).load_embedder() or `kvemb index` without overriding them), or index into a new "
             "collection."
+        )
+
+
+def check_same_vectors(collection: str, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Refuse an embedder whose vectors are not comparable with the collection's; log a precision difference.
+
+    Raises:
+        EmbedderMismatchError: The identities differ in anything but precision (the dtype).
+    """
+    if identity_differences(stored, current):
+        raise EmbedderMismatchError(collection, stored, current)
+    for key, (built, now) in precision_differences(stored, current).items():
+        logger.info(
+            "Collection %r was built with %s=%s; this engine computes in %s. The vectors agree to rounding "
+            '(docs/method.md, "Precision and speed"), so it is searched and extended as is.',
+            collection,
+            key,
+            built,
+            now,
         )
