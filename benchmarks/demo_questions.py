@@ -14,7 +14,7 @@ Markers match case-insensitively, and a space in a marker matches any run of whi
 hard-wrapped). A marker that no longer occurs in the docs (they change) is reported, and its question is
 left out of the counts.
 
-    python -m benchmarks.demo_questions [--model smollm2-135m-instruct] [--modes hybrid,dense,lexical]
+    python -m benchmarks.demo_questions [--model gemma-3-270m] [--modes hybrid,dense,lexical]
         [--store DIR] [--out benchmarks/demo_questions.json]
 """
 
@@ -81,17 +81,17 @@ QUESTIONS: tuple[Question, ...] = (
     Question("How are long documents handled?", "weighted mean of"),
     Question("How do I use it with LangChain?", "KVEmbeddings"),
     Question("How do I use it with LlamaIndex?", "llama-index-embeddings-kvemb"),
-    Question("Which model is used by default?", "bundled SmolLM2"),
+    Question("Which model is used by default?", "Gemma-3-270M"),
     Question("How do I use a different model?", "Another model is one variable away"),
     Question("What pooling does the embedding use?", "h_last + mean(h)"),
     Question("What prompt template is used?", "means in one word"),
     Question("Which file types can I index?", "`.txt`, `.md` and `.jsonl`"),
     Question("What happens if I search with a different model than the one I indexed with?",
-             "with a different embedder is refused"),
+             "different embedder is refused"),
     Question("How do I use a Chroma server instead of a local folder?", "reaches a Chroma server instead"),
     Question("Which model architectures are supported?", "verified: llama, mistral"),
     Question("How do I evaluate a model on benchmarks?", "kvemb eval"),
-    Question("Does it run on a GPU?", "CUDA with bfloat16"),
+    Question("Does it run on a GPU?", "bfloat16 where the hardware computes it natively"),
 )
 
 
@@ -137,7 +137,7 @@ def load_demo_embedder(model: str) -> tuple[Any, Any, KVEmbedder]:
     """``(llm, tokenizer, embedder)`` as the demo builds them: one loaded model, the embedder on its weights."""
     from kvemb_rag import KVEmbedder
     from kvemb_rag.engine.loader import load_causal_lm
-    from kvemb_rag.store import resolve_model
+    from kvemb_rag.engine.models import resolve_model
 
     llm, tokenizer = load_causal_lm(resolve_model(model))
     return llm, tokenizer, KVEmbedder.from_model(llm, tokenizer)

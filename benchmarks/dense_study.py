@@ -41,6 +41,10 @@ DTYPE = "bfloat16"
 CALIBRATION = 256
 FREQUENT = 16
 ASYMMETRIC_QUERY = 'This search query : "{text}" looks for a passage that means in one word:"'
+#: The product's default as the study names it, and the shipped baselines it must beat (the ablation as shipped:
+#: centred like the default, less the re-routing).
+DEFAULT = "kv centred"
+BASELINES = ("kv-ablation centred", "prompteol", "echo", "mean", "last")
 logger = logging.getLogger("dense_study")
 
 
@@ -97,8 +101,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 POST: dict[str, Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray]] = {
-    "kv centred": lambda x, c: _normalise(x - c["mean"]),
-    "kv embedfilter": lambda x, c: _normalise(x - (x @ c["basis"]) @ c["basis"].T),
+    "centred": lambda x, c: _normalise(x - c["mean"]),
+    "embedfilter": lambda x, c: _normalise(x - (x @ c["basis"]) @ c["basis"].T),
 }
 
 
@@ -108,11 +112,10 @@ def run(models: Sequence[str], dev: dict[str, Any], only: Sequence[str] = ()) ->
     from kvemb_rag import KVEmbedder
 
     (OUT_DIR / "vectors").mkdir(parents=True, exist_ok=True)
-    bases = {m: KVEmbedder(m, dtype=DTYPE, show_progress_bar=False) for m in models}
+    # Uncentred: centring is studied as a post-processing of the saved vectors ("<config> centred").
+    bases = {m: KVEmbedder(m, dtype=DTYPE, centring=False, show_progress_bar=False) for m in models}
     tables = {m: configs(m, b.layers, b._loaded.num_layers) for m, b in bases.items()}
-    for name in tables[models[0]]:
-        if only and name not in only and name != "kv":
-            continue
+    for name in ["kv", *only] if only else tables[models[0]]:  # --only: in the order given
         for model, base in bases.items():
             path = _vectors_path(model, name)
             if path.exists():
@@ -121,37 +124,71 @@ def run(models: Sequence[str], dev: dict[str, Any], only: Sequence[str] = ()) ->
             emb = base.with_options(**settings) if settings else base
             shared = ROOT / "benchmarks" / "dtype_study" / "vectors" / f"{Path(model).name}.{DTYPE}.npz"
             vectors = dict(np.load(shared)) if name == "kv" and shared.exists() else embed_all(emb, dev)
-            if name == "kv":
-                vectors.update({f"calibration.{k}": v for k, v in _calibration(emb).items()})
+            vectors.update({f"calibration.{k}": v for k, v in _calibration(emb).items()})
             vectors["layers"] = np.asarray(emb.layers)
-            np.savez(path.with_suffix(".tmp.npz"), **vectors)
-            path.with_suffix(".tmp.npz").rename(path)
+            _save(path, vectors)
             write(model, dev, tables[model])
+    for model, base in bases.items():  # runs saved before every configuration kept its calibration
+        for name, settings in tables[model].items():
+            path = _vectors_path(model, name)
+            if path.exists() and "calibration.mean" not in np.load(path).files:
+                emb = base.with_options(**settings) if settings else base
+                vectors = dict(np.load(path))
+                vectors.update({f"calibration.{k}": v for k, v in _calibration(emb).items()})
+                _save(path, vectors)
     for model in models:
         write(model, dev, tables[model])
 
 
+def _save(path: Path, vectors: dict[str, np.ndarray]) -> None:
+    np.savez(path.with_suffix(".tmp.npz"), **vectors)
+    path.with_suffix(".tmp.npz").rename(path)
+
+
+def _load(model: str, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The saved vectors of the configurations ``names``, and each one's post-processings (``"<name> centred"``)."""
+    loaded = {n: dict(np.load(_vectors_path(model, n))) for n in names if _vectors_path(model, n).exists()}
+    for base in list(loaded):  # post-processing of every configuration with its own calibration statistics
+        calibration = {k.split(".", 1)[1]: v for k, v in loaded[base].items() if k.startswith("calibration.")}
+        if "mean" not in calibration:
+            continue
+        keys = [k for k in loaded[base] if not k.startswith("calibration.") and k not in ("seconds", "layers")]
+        for suffix, transform in POST.items():
+            post = {k: transform(loaded[base][k], calibration) for k in keys}
+            loaded[f"{base} {suffix}"] = {**post, "layers": loaded[base]["layers"]}
+    return loaded
+
+
 def write(model: str, dev: dict[str, Any], table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Compare every saved configuration with ``kv`` (written to ``<model>.json``)."""
-    loaded = {n: dict(np.load(_vectors_path(model, n))) for n in table if _vectors_path(model, n).exists()}
+    loaded = _load(model, list(table))
     if "kv" not in loaded:
         return {}
-    calibration = {k.split(".", 1)[1]: v for k, v in loaded["kv"].items() if k.startswith("calibration.")}
-    keys = [k for k in loaded["kv"] if not k.startswith("calibration.") and k not in ("seconds", "layers")]
-    for name, transform in POST.items():
-        loaded[name] = {**{k: transform(loaded["kv"][k], calibration) for k in keys}, "layers": loaded["kv"]["layers"]}
-    items = {n: per_item(v, dev) for n, v in loaded.items()}
+    out = OUT_DIR / f"{Path(model).name}.json"
+    done = json.loads(out.read_text())["configs"] if out.exists() else {}
+    kv_layers = [int(x) for x in loaded["kv"]["layers"]]
+    if done.get("kv", {}).get("layers") != kv_layers:
+        done = {}  # another default: every comparison is redone
+    fresh = [n for n in loaded if n not in done or n == "kv"]
+    items = {n: per_item(loaded[n], dev) for n in {"kv", "kv-ablation", *fresh} if n in loaded}
     result: dict[str, Any] = {"model": Path(model).name, "dtype": DTYPE, "configs": {}}
     for name in loaded:
+        if name not in fresh:
+            result["configs"][name] = done[name]
+            continue
         entry = {
-            "settings": table.get(name, {"post-processing of": "kv"}),
+            "settings": table.get(name, {"post-processing of": name.rsplit(" ", 1)[0]}),
             "layers": [int(x) for x in loaded[name]["layers"]],
             "vs_kv": compare(items["kv"], items[name], dev),
         }
         if "kv-ablation" in items and name == "kv":
             entry["vs_ablation"] = compare(items["kv-ablation"], items["kv"], dev)
         result["configs"][name] = entry
-    (OUT_DIR / f"{Path(model).name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    wanted = [DEFAULT, *BASELINES]
+    if all(n in loaded for n in wanted):  # the product's default against every shipped baseline
+        items.update({n: per_item(loaded[n], dev) for n in wanted if n not in items})
+        result["default"] = {"name": DEFAULT, "vs": {b: compare(items[b], items[DEFAULT], dev) for b in BASELINES}}
+    out.write_text(json.dumps(result, indent=1) + "\n")
     logger.info("%s: %d configurations written", model, len(loaded))
     return result
 
@@ -174,6 +211,17 @@ def report() -> str:
             shown = "" if name == "kv" else f"{diff['diff']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]"
             lines.append(f"| {name} | {c['layers']} | {cells} | {diff['b']:.4f} | {shown} |")
         lines.append("")
+        if "default" in r:
+            lines += [
+                f"Default ({r['default']['name']}) minus each baseline, dev average [95% CI]:",
+                "",
+                "| baseline | baseline average | default - baseline |",
+                "|---|---|---|",
+            ]
+            for name, s in r["default"]["vs"].items():
+                a = s["average"]
+                lines.append(f"| {name} | {a['a']:.4f} | {a['diff']:+.4f} [{a['low']:+.4f}, {a['high']:+.4f}] |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -182,8 +230,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", action="append", default=[], help="bundled name or path (repeatable)")
     parser.add_argument("--only", action="append", default=[], help="configurations to run (default all)")
     parser.add_argument("--report", action="store_true", help="print the tables of the saved runs")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="B - A per family with intervals, per --model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.compare:
+        dev = dev_data()
+        for model in args.model:
+            base_names = [n.rsplit(" ", 1)[0] if n.endswith(tuple(POST)) else n for n in args.compare]
+            loaded = _load(model, base_names)
+            a, b = (per_item(loaded[n], dev) for n in args.compare)
+            for family, s in compare(a, b, dev).items():
+                print(
+                    f"{Path(model).name} {family}: {s['a']:.4f} -> {s['b']:.4f} "
+                    f"{s['diff']:+.4f} [{s['low']:+.4f}, {s['high']:+.4f}]"
+                )
+        return
     if args.model:
         run(args.model, dev_data(), args.only)
     if args.report or not args.model:

@@ -56,11 +56,11 @@ def windows(n: int, words: int = 30) -> list[str]:
 
 
 def index_time(model: str, docs: int, dtype: str | None) -> dict[str, Any]:
-    import kvemb_rag.store.indexing as indexing
+    import kvemb_rag.store.collection as collection
     from kvemb_rag import KVEmbedder
     from kvemb_rag.evaluation import load_beir
     from kvemb_rag.store import Document, KVStore
-    from kvemb_rag.store.lexical import mark_records_changed
+    from kvemb_rag.store.collection import mark_records_changed
 
     data = load_beir(DATA / "scifact", "test")
     documents = [Document(i, t) for i, t in list(data.corpus.items())[:docs]]
@@ -77,7 +77,7 @@ def index_time(model: str, docs: int, dtype: str | None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         # Product run (the stamps timed).
-        indexing.mark_records_changed = timed_mark  # type: ignore[assignment]
+        collection.mark_records_changed = timed_mark  # type: ignore[assignment]
         with KVStore(Path(tmp) / "hybrid", embedder=embedder) as store:
             started = time.perf_counter()
             summary = store.add_documents(documents)
@@ -89,7 +89,7 @@ def index_time(model: str, docs: int, dtype: str | None) -> dict[str, Any]:
             store.lexical_index()
             rebuild = time.perf_counter() - started
         # Dense-only run: no stamps, no rebuild.
-        indexing.mark_records_changed = lambda col: None  # type: ignore[assignment]
+        collection.mark_records_changed = lambda col: None  # type: ignore[assignment]
         original = KVStore._refresh_lexical
         KVStore._refresh_lexical = lambda self, reason=None: None  # type: ignore[assignment,method-assign,misc,return-value]
         try:
@@ -99,7 +99,7 @@ def index_time(model: str, docs: int, dtype: str | None) -> dict[str, Any]:
                 dense_only = time.perf_counter() - started
         finally:
             KVStore._refresh_lexical = original  # type: ignore[method-assign]
-            indexing.mark_records_changed = mark_records_changed
+            collection.mark_records_changed = mark_records_changed
     lexical_work = rebuild + stamps["seconds"]
     result.update(
         chunks=summary.chunks,
@@ -128,7 +128,7 @@ def latency(model: str, chunks: int, queries: int, dtype: str | None) -> dict[st
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "db"
         with KVStore(db, embedder=embedder) as store:
-            col = store._writable_collection()  # created with the embedder's identity
+            col = store._writable_collection().chroma  # created with the embedder's identity
             width = len(embedder.encode_query("width"))
             started = time.perf_counter()
             batch = int(store.client.get_max_batch_size())

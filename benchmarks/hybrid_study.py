@@ -98,7 +98,7 @@ def study(model: str, folder: Path, db: Path, dtype: str | None, first: int | No
     build_store(model, data, db, dtype)
     with KVStore(db, collection=data.name) as store:
         embedder = store.load_embedder()
-        col = store._require_collection()
+        col = store._require_collection().chroma
         got = col.get(include=["embeddings", "metadatas"])
         # Only the records of this corpus (a collection may hold more documents of a larger sample).
         rows = [n for n, m in enumerate(got["metadatas"] or []) if str(m["doc_id"]) in data.corpus]

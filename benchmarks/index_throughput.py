@@ -81,7 +81,7 @@ def measure(model: str, dtype: str, work: Path) -> dict[str, Any]:
         start = time.perf_counter()
         sync_reads(store, reads)
         index_s = time.perf_counter() - start
-        chunks = store._require_collection().get(include=["documents"])["documents"] or []
+        chunks = store._require_collection().chroma.get(include=["documents"])["documents"] or []
     prompted = [emb.format(c, "document") for c in chunks]
     tokens = sum(emb.count_tokens(c, "document") for c in chunks)
     folder = _gguf_folder(emb._loaded.source) if emb._loaded.source.endswith(".gguf") else Path(emb._loaded.source)

@@ -1,7 +1,9 @@
 """kvemb-rag: training-free text embeddings from decoder-only LLMs (KV-Embedding) for RAG.
 
 The public names below are imported on first use (PEP 562), so ``import kvemb_rag`` and the ``kvemb``
-command line start without loading torch or transformers until an engine is needed.
+command line start without loading torch or transformers until an engine is needed, nor chromadb until a
+store opens. They are the engine (:class:`KVEmbedder` and its settings), the store (:class:`KVStore`,
+:class:`Document`, :class:`Hit`) and the error types (all derived from :class:`KVEmbError`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,47 @@ if TYPE_CHECKING:
     from kvemb_rag.engine.embedder import KVEmbedder
     from kvemb_rag.engine.layers import LayerSelection, select_window, twonn_dimension
     from kvemb_rag.engine.loader import VERIFIED_MODEL_TYPES, clear_model_cache
-    from kvemb_rag.errors import KVEmbError
+    from kvemb_rag.errors import (
+        ConfigError,
+        DataNotFoundError,
+        InputError,
+        KVEmbError,
+        ModelLoadError,
+        ModelNotFoundError,
+        UnsupportedModelError,
+    )
+    from kvemb_rag.store.documents import Document
+    from kvemb_rag.store.errors import (
+        CollectionNotFoundError,
+        EmbedderMismatchError,
+        IncompatibleCollectionError,
+        KVStoreError,
+    )
+    from kvemb_rag.store.records import Hit
+    from kvemb_rag.store.store import KVStore
 
 __all__ = [
     "STRATEGIES",
     "VERIFIED_MODEL_TYPES",
     "Chunk",
+    "CollectionNotFoundError",
+    "ConfigError",
+    "DataNotFoundError",
+    "Document",
     "EmbedderConfig",
+    "EmbedderMismatchError",
+    "Hit",
+    "IncompatibleCollectionError",
+    "InputError",
     "KVEmbError",
     "KVEmbedder",
+    "KVStore",
+    "KVStoreError",
     "LayerSelection",
     "LayerSelectionConfig",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "UnsupportedModelError",
     "chunk_text",
     "clear_model_cache",
     "default_calibration_texts",
@@ -45,12 +77,25 @@ _HOMES = {
     "EmbedderConfig": "kvemb_rag.engine.config",
     "LayerSelectionConfig": "kvemb_rag.engine.config",
     "KVEmbedder": "kvemb_rag.engine.embedder",
+    "ConfigError": "kvemb_rag.errors",
+    "DataNotFoundError": "kvemb_rag.errors",
+    "InputError": "kvemb_rag.errors",
     "KVEmbError": "kvemb_rag.errors",
+    "ModelLoadError": "kvemb_rag.errors",
+    "ModelNotFoundError": "kvemb_rag.errors",
+    "UnsupportedModelError": "kvemb_rag.errors",
     "LayerSelection": "kvemb_rag.engine.layers",
     "select_window": "kvemb_rag.engine.layers",
     "twonn_dimension": "kvemb_rag.engine.layers",
     "VERIFIED_MODEL_TYPES": "kvemb_rag.engine.loader",
     "clear_model_cache": "kvemb_rag.engine.loader",
+    "Document": "kvemb_rag.store.documents",
+    "CollectionNotFoundError": "kvemb_rag.store.errors",
+    "EmbedderMismatchError": "kvemb_rag.store.errors",
+    "IncompatibleCollectionError": "kvemb_rag.store.errors",
+    "KVStoreError": "kvemb_rag.store.errors",
+    "Hit": "kvemb_rag.store.records",
+    "KVStore": "kvemb_rag.store.store",
 }
 
 

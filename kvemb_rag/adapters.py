@@ -4,6 +4,8 @@
 pydantic models. Their engine fields are not written out by hand: :func:`settings_model` derives them from
 :class:`~kvemb_rag.engine.config.EmbedderConfig` (type, default, description), so an engine setting added
 there reaches both adapters, validated by the engine's own rules when the adapter is constructed.
+Importing this module (and so an adapter package) loads no torch: the engine is imported when an adapter
+first needs it (:attr:`EngineSettings.engine`).
 
 Example:
     >>> from pydantic import BaseModel
@@ -16,14 +18,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, create_model, model_validator
 
 from kvemb_rag.engine.config import SETTINGS, pydantic_fields, validate_settings
-from kvemb_rag.engine.embedder import KVEmbedder
-from kvemb_rag.engine.shared import shared_embedder
 from kvemb_rag.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kvemb_rag.engine.embedder import KVEmbedder
 
 __all__ = ["EngineSettings", "settings_model"]
 
@@ -45,6 +48,8 @@ class EngineSettings:
     @property
     def engine(self) -> KVEmbedder:
         """The engine for the current settings, loaded on first use and shared across the process."""
+        from kvemb_rag.engine.shared import shared_embedder  # imports torch: only when an engine is needed
+
         model, settings = self.engine_request()
         return shared_embedder(model, **settings)
 

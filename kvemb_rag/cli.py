@@ -17,9 +17,9 @@ Errors kvemb-rag raises on purpose (:class:`kvemb_rag.KVEmbError`: a missing pat
 embedder mismatch, a bad option...) print one message and exit with status 1 (2 for bad command-line usage);
 ``--verbose`` also prints their tracebacks. Any other exception is a bug and propagates with its traceback.
 
-The commands are thin: the indexing rules are :func:`kvemb_rag.sources.read_paths`,
-:func:`kvemb_rag.sources.sync_reads` and :func:`kvemb_rag.store.indexing_embedder`; the tables are
-:mod:`kvemb_rag.tables`.
+The commands only parse their options and print: ``kvemb index`` is one library call,
+:func:`kvemb_rag.sources.index_paths` (reading the paths, the store choosing its embedder, synchronising each
+path); the tables are :mod:`kvemb_rag.tables`.
 
 Example:
     $ kvemb index docs README.md --db .kvemb/store --model ../shared/data/models/stories260K/hf
@@ -41,9 +41,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from kvemb_rag.engine.models import DEFAULT_MODEL, default_model
+from kvemb_rag.engine.models import DEFAULT_MODEL, default_model, resolve_model
 from kvemb_rag.errors import ConfigError, KVEmbError
-from kvemb_rag.store import DEFAULT_CHUNK_SIZE, resolve_model  # chromadb is imported when a store opens
+from kvemb_rag.store import DEFAULT_CHUNK_SIZE  # chromadb is imported when a store opens
 from kvemb_rag.store.search import DEFAULT_MODE, SEARCH_MODES, check_mode
 from kvemb_rag.tables import collection_table, hits_table, layers_table, summary_table
 
@@ -202,17 +202,13 @@ def index(
     """Index files into a collection; each PATH is synchronised (vanished documents are removed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kvemb_rag.sources import read_paths, sync_reads
-    from kvemb_rag.store import IndexProgress, indexing_embedder
+    from kvemb_rag.sources import index_paths
+    from kvemb_rag.store import IndexProgress
 
     with _user_errors():
-        reads = read_paths(paths)  # before the model loads: path errors come first
+        settings = _given(strategy=strategy, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype)
         store = _open_store(db, collection, must_exist=False, url=url, chunk_size=chunk_size)
         try:
-            settings = _given(
-                strategy=strategy, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype
-            )
-            store.embedder = indexing_embedder(store, model, **settings)
             progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -222,14 +218,16 @@ def index(
                 disable=not err.is_terminal,
             )
             with progress:
-                docs_task = progress.add_task("Documents", total=sum(len(r.documents) for r in reads))
+                docs_task = progress.add_task("Documents", total=None)
                 chunks_task = progress.add_task("Chunks embedded", total=0)
 
                 def update(event: IndexProgress) -> None:
-                    progress.update(docs_task, completed=event.documents_done)
+                    progress.update(docs_task, completed=event.documents_done, total=event.documents_total)
                     progress.update(chunks_task, completed=event.chunks_embedded, total=event.chunks_to_embed)
 
-                summary = sync_reads(store, reads, overlap=overlap, progress=update, ray=_ray_config(ray))
+                summary = index_paths(
+                    store, paths, model=model, overlap=overlap, progress=update, ray=_ray_config(ray), **settings
+                )
         finally:
             store.close()
     if as_json:
@@ -341,8 +339,7 @@ def search(
                 raise ConfigError(f"--where must be a JSON object, got {where!r}.")
         store = _open_store(db, collection, must_exist=True, url=url)
         try:
-            store.info()  # fails fast on an unknown collection, before the model loads
-            store.load_embedder(**_given(device=device, dtype=dtype))
+            store.load_embedder(**_given(device=device, dtype=dtype))  # an unknown collection fails before it loads
             hits = store.query(query, k, per_document=per_document, where=filters, mode=mode)
         finally:
             store.close()

@@ -34,9 +34,9 @@ from rich.table import Table
 
 from kvemb_rag.engine.embedder import KVEmbedder
 from kvemb_rag.engine.loader import load_causal_lm
-from kvemb_rag.engine.models import default_model
+from kvemb_rag.engine.models import default_model, resolve_model
 from kvemb_rag.errors import ConfigError, DataNotFoundError, InputError
-from kvemb_rag.store import DEFAULT_MODE, Document, EmbedderMismatchError, Hit, KVStore, resolve_model
+from kvemb_rag.store import DEFAULT_MODE, Document, EmbedderMismatchError, Hit, KVStore
 from kvemb_rag.tables import hits_table, summary_table
 
 if TYPE_CHECKING:
@@ -375,9 +375,7 @@ def main() -> None:
             summary = store.sync_documents(documents, source=_SOURCE)
         except EmbedderMismatchError as exc:
             # The demo store is disposable: a different model or setting rebuilds it.
-            console.print(
-                f"Rebuilding the demo store for this embedder ({', '.join(exc.differences)} changed)."
-            )
+            console.print(f"Rebuilding the demo store for this embedder ({', '.join(exc.differences)} changed).")
             store.delete_collection()
             summary = store.sync_documents(documents, source=_SOURCE)
         console.print(summary_table(summary, f"{_COLLECTION} ({_STORE})"))

@@ -126,7 +126,7 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
         Raises:
             ConfigError: An unknown key or an invalid setting.
         """
-        settings = dict(config)
+        settings = _recorded(config)
         return KVEmbeddingFunction(_parse(settings).model, **{k: v for k, v in settings.items() if k != "model"})
 
     @staticmethod
@@ -171,8 +171,14 @@ class KVEmbeddingFunction(EmbeddingFunction[Documents]):
         return f"{name}(model={self.model!r}, strategy={self.config.strategy!r}, layers={self.config.layers!r})"
 
 
+def _recorded(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored configuration as the settings that made it: one stored before centring existed had none."""
+    return {"centring": False, **config}
+
+
 def _parse(config: dict[str, Any]) -> EmbedderConfig:
     """A stored configuration, validated, with its defaults spelled out."""
+    config = _recorded(config)
     unknown = sorted(set(config) - set(STORED_SETTINGS))
     if unknown:
         raise ConfigError(f"Unknown kvemb embedding-function settings {unknown}; valid: {list(STORED_SETTINGS)}.")

@@ -15,14 +15,14 @@ mirrors):
   with a warning and reported in :attr:`SourceRead.skipped`; files with other suffixes are ignored.
 
 :func:`read_paths` reads several paths with the rules of ``kvemb index`` (all missing paths named at once;
-a file reached through two paths refused), and :func:`sync_reads` synchronises them into a store.
+a file reached through two paths refused), and :func:`sync_reads` synchronises them into a store;
+:func:`index_paths` does both: ``kvemb index`` as one call.
 
 Example:
     >>> read = read_path("docs")  # doctest: +SKIP
     >>> [d.id for d in read.documents]  # doctest: +SKIP
     ['engine-api.md', 'method.md']
-    >>> store.embedder = indexing_embedder(store)  # the collection's, else the default  # doctest: +SKIP
-    >>> sync_reads(store, read_paths(["docs", "README.md"])).added  # doctest: +SKIP
+    >>> index_paths(store, ["docs", "README.md"]).added  # the collection's embedder, else the default  # doctest: +SKIP
     5
 """
 
@@ -34,7 +34,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvemb_rag.errors import KVEmbError
 from kvemb_rag.store.documents import RESERVED_METADATA_KEYS, Document, SkippedFile
@@ -42,10 +42,18 @@ from kvemb_rag.store.records import IndexSummary, ProgressCallback
 from kvemb_rag.store.sync import sync_sources
 
 if TYPE_CHECKING:
-    from kvemb_rag.store import KVStore
     from kvemb_rag.store.distributed import RayIndexConfig
+    from kvemb_rag.store.store import KVStore
 
-__all__ = ["SUPPORTED_SUFFIXES", "SourceError", "SourceRead", "read_path", "read_paths", "sync_reads"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "SourceError",
+    "SourceRead",
+    "index_paths",
+    "read_path",
+    "read_paths",
+    "sync_reads",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +117,7 @@ def _relative_id(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _jsonl_documents(
-    path: Path, text: str, doc_prefix: str, source: str, skipped: list[SkippedFile]
-) -> list[Document]:
+def _jsonl_documents(path: Path, text: str, doc_prefix: str, source: str, skipped: list[SkippedFile]) -> list[Document]:
     documents: list[Document] = []
     warned = False
     for number, line in enumerate(text.splitlines(), start=1):
@@ -257,23 +263,60 @@ def sync_reads(
     store: KVStore,
     reads: Sequence[SourceRead],
     *,
+    model: str | None = None,
     overlap: int | None = None,
     progress: ProgressCallback | None = None,
     ray: RayIndexConfig | None = None,
+    **settings: Any,
 ) -> IndexSummary:
-    """Synchronise each read's source in ``store`` (:func:`kvemb_rag.store.sync_sources`): ``kvemb index``.
+    """Synchronise each read's source in ``store`` (:func:`kvemb_rag.store.sync_sources`).
 
     Args:
-        store: The store, its embedder set (e.g. :func:`kvemb_rag.store.indexing_embedder`).
+        store: The store; it chooses its embedder as :func:`~kvemb_rag.store.sync_sources` says.
         reads: From :func:`read_paths`; a read without documents leaves its source's stored documents alone.
+        model: As in :func:`~kvemb_rag.store.sync_sources` (default: the store's embedder, else the
+            collection's, else the default model).
         overlap: As in :func:`~kvemb_rag.store.sync_sources` (default: the collection's overlap).
         progress: As in :func:`~kvemb_rag.store.sync_sources` (over all reads).
         ray: As in :func:`~kvemb_rag.store.sync_sources`.
+        **settings: :class:`~kvemb_rag.KVEmbedder` keyword arguments, as in :func:`~kvemb_rag.store.sync_sources`.
 
     Returns:
         The run's summary, ``skipped_files`` listing the files and lines the reads skipped.
     """
-    summary = sync_sources(
-        store, [(read.source, read.documents) for read in reads], overlap=overlap, progress=progress, ray=ray
-    )
+    sources = [(read.source, read.documents) for read in reads]
+    summary = sync_sources(store, sources, model=model, overlap=overlap, progress=progress, ray=ray, **settings)
     return replace(summary, skipped_files=tuple(s for read in reads for s in read.skipped))
+
+
+def index_paths(
+    store: KVStore,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    model: str | None = None,
+    overlap: int | None = None,
+    progress: ProgressCallback | None = None,
+    ray: RayIndexConfig | None = None,
+    **settings: Any,
+) -> IndexSummary:
+    """``kvemb index`` in one call: read ``paths`` (:func:`read_paths`), then synchronise them (:func:`sync_reads`).
+
+    Every path is read before the embedder is chosen, so path errors come before a model loads.
+
+    Args:
+        store: The store; it chooses its embedder as :func:`~kvemb_rag.store.sync_sources` says.
+        paths: Supported files or folders, each becoming one source.
+        model: As in :func:`sync_reads`.
+        overlap: As in :func:`sync_reads`.
+        progress: As in :func:`sync_reads`.
+        ray: As in :func:`sync_reads`.
+        **settings: As in :func:`sync_reads`.
+
+    Returns:
+        The run's summary, ``skipped_files`` listing the files and lines that were not indexed.
+
+    Raises:
+        SourceError: As :func:`read_paths`.
+    """
+    reads = read_paths(paths)
+    return sync_reads(store, reads, model=model, overlap=overlap, progress=progress, ray=ray, **settings)

@@ -187,6 +187,7 @@ _VECTOR_CHANGES: dict[str, Any] = {
     "layers": [0],
     "bias": 2.0,
     "pooling": "last",
+    "centring": False,
     "dtype": "bfloat16",
     "max_length": 256,
     "query_template": "Q: {text}\nOne word:",

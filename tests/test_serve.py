@@ -25,6 +25,7 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 from kvemb_rag import KVEmbedder  # noqa: E402
+from kvemb_rag.engine.inputs import TokenizedText  # noqa: E402
 from kvemb_rag.serve import ServeLimits, create_app  # noqa: E402
 from tests.conftest import _free_port  # noqa: E402
 
@@ -54,14 +55,14 @@ class Served:
 class GatedEngine:
     """The real tiny embedder, its engine calls recorded and held at a gate (a wrapper: the model is real).
 
-    ``encode`` waits for ``gate`` (set by default), so a test can hold the engine busy deterministically;
-    ``entered`` is set once a call has started; ``formatted`` counts template applications (tokenisation).
+    ``encode_tokenized`` waits for ``gate`` (set by default), so a test can hold the engine busy
+    deterministically; ``entered`` is set once a call has started; ``tokenized`` counts tokenisations.
     """
 
     def __init__(self, inner: KVEmbedder) -> None:
         self._inner = inner
         self.calls: list[tuple[list[str], str]] = []
-        self.formatted = 0
+        self.tokenized = 0
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
@@ -69,15 +70,16 @@ class GatedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def format(self, text: str, prompt_name: str = "document") -> str:
-        self.formatted += 1
-        return self._inner.format(text, prompt_name)
+    def tokenize(self, texts: list[str], prompt_name: str | None = None) -> list[TokenizedText]:
+        self.tokenized += 1
+        return self._inner.tokenize(texts, prompt_name)
 
-    def encode(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+    def encode_tokenized(self, inputs: list[TokenizedText], **kwargs: Any) -> np.ndarray:
         self.entered.set()
         assert self.gate.wait(120), "the test never opened the gate"
-        self.calls.append((list(texts), kwargs["prompt_name"]))
-        return self._inner.encode(texts, **kwargs)
+        (side,) = {item.side for item in inputs}  # the server makes one engine call per side
+        self.calls.append(([item.text for item in inputs], side))
+        return self._inner.encode_tokenized(inputs, **kwargs)
 
     def replayed(self, since: int = 0) -> dict[tuple[str, str], np.ndarray]:
         """Each text's vector from the engine, re-run on the calls the server made since call ``since``.
@@ -90,8 +92,6 @@ class GatedEngine:
             for text, vector in zip(texts, self._inner.encode(texts, prompt_name=side), strict=True):
                 vectors[(text, side)] = vector
         return vectors
-
-
 
 
 @contextmanager
@@ -126,7 +126,10 @@ def test_vectors_equal_the_engine_on_both_sides(server: Served, tiny_embedder: K
         expected = tiny_embedder.encode(TEXTS, prompt_name=side)
         for fmt in ("float", "base64"):
             response = client.embeddings.create(
-                model=NAME, input=TEXTS, encoding_format=fmt, extra_body={"input_type": side}  # type: ignore[arg-type]
+                model=NAME,
+                input=TEXTS,
+                encoding_format=fmt,
+                extra_body={"input_type": side},  # type: ignore[arg-type]
             )
             assert [d.index for d in response.data] == [0, 1, 2]
             if fmt == "base64":  # asked for explicitly, the client returns the strings as sent
@@ -251,8 +254,20 @@ def test_cli_serve_binds_loopback_and_answers(
     tiny_model_path: Path, subprocess_env: dict[str, str], tiny_embedder: KVEmbedder
 ) -> None:
     port = _free_port()
-    command = [sys.executable, "-m", "kvemb_rag.cli", "serve", "--model", str(tiny_model_path), "--port", str(port),
-               "--max-batch-tokens", "4096", "--max-concurrent-requests", "8"]
+    command = [
+        sys.executable,
+        "-m",
+        "kvemb_rag.cli",
+        "serve",
+        "--model",
+        str(tiny_model_path),
+        "--port",
+        str(port),
+        "--max-batch-tokens",
+        "4096",
+        "--max-concurrent-requests",
+        "8",
+    ]
     env = {**subprocess_env, "KVEMB_API_KEY": "from-env"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -306,7 +321,10 @@ def test_langchain_and_llamaindex_openai_classes(server: Served, tiny_embedder: 
     np.testing.assert_allclose(li.get_text_embedding_batch(TEXTS), expected, atol=1e-5)
     # The query side through the client's extra_body, which LlamaIndex forwards from additional_kwargs.
     li_query = llama_openai.OpenAIEmbedding(
-        model_name=NAME, api_base=f"{server.url}/v1", api_key=KEY, max_retries=0,
+        model_name=NAME,
+        api_base=f"{server.url}/v1",
+        api_key=KEY,
+        max_retries=0,
         additional_kwargs={"extra_body": {"input_type": "query"}},
     )
     np.testing.assert_allclose(li_query.get_query_embedding(TEXTS[1]), tiny_embedder.encode_query(TEXTS[1]), atol=1e-5)
@@ -417,7 +435,7 @@ def test_a_full_server_answers_429_and_every_admitted_request_completes(tiny_emb
         # One text in the engine (held at the gate), two queued behind it: three requests admitted.
         _until(lambda: engine.entered.is_set() and app.state.batcher.waiting == 2, "three admitted requests")
         assert sample("kvemb_requests_in_flight") == 3
-        formatted = engine.formatted
+        tokenized = engine.tokenized
         with httpx.Client(timeout=60) as client:  # one connection, kept alive across the refusal
             refused = _post(served.url, ["one more"] * 16, KEY, client=client)
             assert refused.status_code == 429, refused.text
@@ -426,7 +444,7 @@ def test_a_full_server_answers_429_and_every_admitted_request_completes(tiny_emb
             assert error["code"] == "server_overloaded" and error["type"] == "rate_limit_error"
             assert "3 embedding requests are in flight" in error["message"]
             assert "--max-concurrent-requests" in error["message"]
-            assert engine.formatted == formatted, "the refused request was tokenised"
+            assert engine.tokenized == tokenized, "the refused request was tokenised"
             with pytest.raises(openai.RateLimitError, match="server is busy"):
                 served.client().embeddings.create(model=NAME, input="and another")
             assert client.get(f"{served.url}/health").status_code == 200  # the rest of the server answers
@@ -463,12 +481,20 @@ def test_metrics_need_no_key_and_move_with_requests(server: Served, tiny_embedde
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         return _samples(response.text)
 
-    ok, bad = ("kvemb_responses_total", (("class", "2xx"), ("code", "200"))), (
-        "kvemb_responses_total", (("class", "4xx"), ("code", "400")))
+    ok, bad = (
+        ("kvemb_responses_total", (("class", "2xx"), ("code", "200"))),
+        ("kvemb_responses_total", (("class", "4xx"), ("code", "400"))),
+    )
     before = scrape()
-    for name in ("kvemb_queue_texts", "kvemb_requests_in_flight", "kvemb_embedded_tokens_total",
-                 "kvemb_batch_tokens_count", "kvemb_batch_tokens_sum", "kvemb_request_duration_seconds_count",
-                 "kvemb_rejected_requests_total"):
+    for name in (
+        "kvemb_queue_texts",
+        "kvemb_requests_in_flight",
+        "kvemb_embedded_tokens_total",
+        "kvemb_batch_tokens_count",
+        "kvemb_batch_tokens_sum",
+        "kvemb_request_duration_seconds_count",
+        "kvemb_rejected_requests_total",
+    ):
         assert (name, ()) in before, name
     assert ("kvemb_batch_tokens_bucket", (("le", "16384.0"),)) in before
     assert server.post({"model": NAME, "input": TEXTS}).status_code == 200
@@ -495,9 +521,7 @@ def test_each_app_has_its_own_metrics_registry(tiny_embedder: KVEmbedder) -> Non
     assert second.state.metrics.registry.get_sample_value("kvemb_embedded_tokens_total") == 0
 
 
-@pytest.mark.parametrize(
-    ("option", "value"), [("--max-batch-tokens", "0"), ("--max-concurrent-requests", "-1")]
-)
+@pytest.mark.parametrize(("option", "value"), [("--max-batch-tokens", "0"), ("--max-concurrent-requests", "-1")])
 def test_cli_refuses_invalid_load_options(option: str, value: str) -> None:
     from typer.testing import CliRunner
 

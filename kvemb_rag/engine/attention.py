@@ -1,6 +1,6 @@
 """KV re-routing inside attention, through transformers' public attention registry.
 
-This module is the only place that touches transformers internals (house style, point 1). It registers
+This module is the only place in kvemb-rag that touches transformers internals. It registers
 one attention function and its mask function under :data:`ATTENTION_NAME`; a model loaded with
 ``attn_implementation=ATTENTION_NAME`` calls :func:`kv_reroute_attention` in every attention layer.
 Per-call state travels as the forward keyword :data:`STATE_KWARG` (a :class:`RerouteState`), so there is

@@ -49,7 +49,7 @@ import re
 import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,6 +58,8 @@ from kvemb_rag.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from kvemb_rag.engine.inputs import TokenizedText
 
 __all__ = ["Chunk", "chunk_text", "combine_chunk_vectors"]
 
@@ -86,6 +88,10 @@ class Chunk:
         end: Character offset of the chunk end in the source text (exclusive).
         n_tokens: ``count_tokens(text)``: tokens of the chunk with the prompt template applied.
         index: 0-based position of the chunk in the document.
+        tokens: The chunk as the engine embeds it: template applied, tokenised once (``n_tokens`` ids). Set by
+            :meth:`KVEmbedder.chunk <kvemb_rag.KVEmbedder.chunk>` (embed such chunks with
+            :meth:`KVEmbedder.encode_tokenized <kvemb_rag.KVEmbedder.encode_tokenized>`); ``None`` from
+            :func:`chunk_text`. Not part of a chunk's equality.
     """
 
     text: str
@@ -93,6 +99,7 @@ class Chunk:
     end: int
     n_tokens: int
     index: int
+    tokens: TokenizedText | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.start < 0 or self.end < self.start:
@@ -108,6 +115,11 @@ class Chunk:
         if self.n_tokens < 0 or self.index < 0:
             raise ValueError(
                 f"Chunk n_tokens and index must be >= 0; got n_tokens={self.n_tokens}, index={self.index}."
+            )
+        if self.tokens is not None and len(self.tokens.ids) != self.n_tokens:
+            raise ValueError(
+                f"Chunk has n_tokens={self.n_tokens} but {len(self.tokens.ids)} token ids; they must be the ids "
+                "its size was counted with."
             )
 
 
@@ -387,9 +399,7 @@ def chunk_text(
             "with AutoTokenizer.from_pretrained(..., use_fast=True)."
         )
 
-    encoding = tokenizer(
-        text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False
-    )
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
     chunker = _Chunker(text, encoding["offset_mapping"], max_tokens, budget, count_tokens)
 
     chunks: list[Chunk] = []
@@ -440,9 +450,7 @@ def combine_chunk_vectors(vectors: np.ndarray, n_tokens: Sequence[int]) -> np.nd
             f"{weights.shape}. Pass [c.n_tokens for c in chunks] in the same order as the vectors."
         )
     if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
-        raise ValueError(
-            f"n_tokens must all be finite and > 0; got {weights.tolist()}. Use each chunk's token count."
-        )
+        raise ValueError(f"n_tokens must all be finite and > 0; got {weights.tolist()}. Use each chunk's token count.")
     if not np.all(np.isfinite(arr)):
         raise ValueError("vectors contain NaN or inf; check the embedding step that produced them.")
     mean = weights @ arr / weights.sum()  # (dim,)

@@ -42,17 +42,22 @@ PLAIN_TEMPLATE = "{text}"
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """What a strategy does: its default templates, its pooling, and whether it re-routes."""
+    """What a strategy does: its default templates, its pooling, whether it re-routes and whether it centres.
+
+    ``kv-ablation`` is ``kv`` less the re-routing, so it shares every other default; the paper's baselines
+    keep their published recipes (no centring).
+    """
 
     document_template: str
     query_template: str
     pooling: Pooling
     reroute: bool
+    centring: bool = False
 
 
 STRATEGY_SPECS: dict[str, StrategySpec] = {
-    "kv": StrategySpec(KV_DOCUMENT_TEMPLATE, KV_QUERY_TEMPLATE, "hybrid", reroute=True),
-    "kv-ablation": StrategySpec(KV_DOCUMENT_TEMPLATE, KV_QUERY_TEMPLATE, "hybrid", reroute=False),
+    "kv": StrategySpec(KV_DOCUMENT_TEMPLATE, KV_QUERY_TEMPLATE, "hybrid", reroute=True, centring=True),
+    "kv-ablation": StrategySpec(KV_DOCUMENT_TEMPLATE, KV_QUERY_TEMPLATE, "hybrid", reroute=False, centring=True),
     "last": StrategySpec(PLAIN_TEMPLATE, PLAIN_TEMPLATE, "last", reroute=False),
     "mean": StrategySpec(PLAIN_TEMPLATE, PLAIN_TEMPLATE, "mean", reroute=False),
     "prompteol": StrategySpec(PROMPTEOL_TEMPLATE, PROMPTEOL_TEMPLATE, "last", reroute=False),
@@ -169,6 +174,8 @@ class EmbedderConfig:
         bias: Scalar added to the re-routed slot's pre-softmax logit, after 1/sqrt(d) scaling (R: 1.0).
         pooling: ``"hybrid"``, ``"last"`` or ``"mean"`` of the final hidden states; ``None`` means the
             strategy's own (hybrid for ``kv``/``kv-ablation``).
+        centring: Subtract the mean unit vector of fixed calibration texts from every pooled vector
+            (:mod:`kvemb_rag.engine.centring`); ``None`` means the strategy's own (on for ``kv``/``kv-ablation``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` means CUDA when available, else CPU.
         dtype: One of :data:`DTYPES` (or a short name of :data:`DTYPE_ALIASES`); ``None`` means bfloat16 where
             the hardware computes it natively (CUDA, a CPU with AMX, AVX512-BF16 or Arm BF16), else float32.
@@ -196,6 +203,10 @@ class EmbedderConfig:
     bias: float = field(default=1.0, metadata=_meta("Logit bias of the re-routed key/value slot.", vectors=True))
     pooling: str | None = field(
         default=None, metadata=_meta('"hybrid", "last" or "mean"; default the strategy\'s own.', vectors=True)
+    )
+    centring: bool | None = field(
+        default=None,
+        metadata=_meta("Subtract the calibration texts' mean vector; default the strategy's own.", vectors=True),
     )
     device: str | None = field(
         default=None, metadata=_meta('"cpu", "cuda", "cuda:1"...; default CUDA when available, else CPU.')
@@ -263,6 +274,8 @@ class EmbedderConfig:
                     "pooling; leave pooling unset."
                 )
             _check_choice("pooling", self.pooling, POOLINGS)
+        if self.centring is not None and not isinstance(self.centring, bool):
+            raise ConfigError(f"centring={self.centring!r} must be True, False or None (the strategy's own).")
         if self.device is not None and (not isinstance(self.device, str) or not self.device.strip()):
             raise ConfigError(f"device={self.device!r} must be a device name such as 'cpu', 'cuda' or 'cuda:1'.")
         if self.dtype is not None:
@@ -295,6 +308,11 @@ class EmbedderConfig:
         """The pooling in effect: ``pooling`` when given, else the strategy's."""
         return self.spec.pooling if self.pooling is None else self.pooling  # type: ignore[return-value]
 
+    @property
+    def centring_mode(self) -> bool:
+        """Whether vectors are centred: ``centring`` when given, else the strategy's."""
+        return self.spec.centring if self.centring is None else self.centring
+
     def template(self, prompt: str) -> str:
         """The template used for ``prompt`` ("query" or "document")."""
         _check_choice("prompt_name", prompt, PROMPT_NAMES)
@@ -309,7 +327,7 @@ class EmbedderConfig:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
 
     def explicit(self) -> EmbedderConfig:
-        """This configuration with the defaults that need no model spelled out: templates and pooling.
+        """This configuration with the defaults that need no model spelled out: templates, pooling and centring.
 
         A stored configuration made from it keeps embedding the same way if a later release changes a
         strategy's default prompt or pooling. ``layers="auto"`` stays as it is, with its explicit
@@ -317,7 +335,11 @@ class EmbedderConfig:
         """
         pooling = None if self.strategy == "echo" else self.pooling_mode
         return replace(
-            self, pooling=pooling, query_template=self.template("query"), document_template=self.template("document")
+            self,
+            pooling=pooling,
+            centring=self.centring_mode,
+            query_template=self.template("query"),
+            document_template=self.template("document"),
         )
 
 

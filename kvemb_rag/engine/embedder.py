@@ -1,38 +1,40 @@
-"""The embedding engine: :class:`KVEmbedder`."""
+"""The embedding engine's public face: :class:`KVEmbedder`.
+
+It sets an engine up (settings, the loaded model, its identity) and hands the work to its parts, each with one
+job: :mod:`~kvemb_rag.engine.inputs` (texts to token ids, once; chunking), :mod:`~kvemb_rag.engine.layers`
+(which layers are re-routed: the middle window or the intrinsic-dimension calibration) and
+:mod:`~kvemb_rag.engine.forward` (padded batches, the forward pass with re-routing, pooling, chunk combining).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from kvemb_rag.engine import layers as layer_selection
-from kvemb_rag.engine.attention import STATE_KWARG, RerouteState
-from kvemb_rag.engine.batching import length_batches
-from kvemb_rag.engine.calibration import default_calibration_texts
-from kvemb_rag.engine.chunking import Chunk, chunk_text, combine_chunk_vectors
+from kvemb_rag.engine.centring import Centring
+from kvemb_rag.engine.chunking import Chunk
 from kvemb_rag.engine.config import (
     DEFAULT_MAX_LENGTH,
     OVERFLOW_MODES,
-    PROMPT_NAMES,
+    RUNTIME_ARGUMENTS,
     SETTINGS,
     EmbedderConfig,
     LayerSelectionConfig,
 )
+from kvemb_rag.engine.forward import ForwardPass, combine_units
 from kvemb_rag.engine.identity import identity_of, settings_from_identity
+from kvemb_rag.engine.inputs import InputStage, TokenizedText, check_texts, side_of, tokens_of
 from kvemb_rag.engine.loader import LoadedModel, attach_model, load_model, resolve_device
 from kvemb_rag.engine.models import default_model
-from kvemb_rag.engine.pooling import pool
 from kvemb_rag.engine.precision import dtype_name, resolve_dtype, runs_natively
-from kvemb_rag.errors import ConfigError, InputError, UnsupportedModelError
+from kvemb_rag.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -40,25 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["KVEmbedder"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Attaching(threading.local):
-    """The loaded model :meth:`KVEmbedder.from_model` hands to ``__init__`` (per thread, during the call)."""
-
-    loaded: LoadedModel | None = None
-
-
-_ATTACHING = _Attaching()
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One forward-pass row: a whole text or one chunk of it."""
-
-    owner: int  # index of the input text
-    ids: list[int]
-    pool_mask: list[int] | None  # echo: 1 on the second copy's tokens
-    weight: int  # token count, for combining chunks
 
 
 class KVEmbedder:
@@ -73,12 +56,14 @@ class KVEmbedder:
     Args:
         model: A decoder-only LLM: hub name (e.g. ``"Qwen/Qwen3-0.6B"``), local folder, GGUF file (or a folder
             holding one), or bundled model name; default ``$KVEMB_MODEL``, else the bundled
-            :data:`~kvemb_rag.engine.models.DEFAULT_MODEL` (SmolLM2-135M-Instruct, installed from the package index).
+            :data:`~kvemb_rag.engine.models.DEFAULT_MODEL` (Gemma-3-270M, installed from the package index).
         strategy: ``"kv"`` (the method), ``"kv-ablation"`` (same prompt and pooling, no re-routing),
             ``"last"``, ``"mean"``, ``"prompteol"`` or ``"echo"``.
         layers: ``"auto"`` (the ``selection`` rule: the middle window by default) or 0-based layer indices.
         bias: Logit bias of the re-routed slot (docs/method.md: 1.0).
         pooling: ``"hybrid"`` (last + mean), ``"last"`` or ``"mean"``; default the strategy's own.
+        centring: Centre pooled vectors on a calibration mean (:mod:`~kvemb_rag.engine.centring`); default the
+            strategy's own.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available, else CPU.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; default bfloat16 where it runs natively (CUDA, a
             CPU with AMX, AVX512-BF16 or Arm BF16), else float32.
@@ -113,6 +98,7 @@ class KVEmbedder:
         layers: str | Sequence[int] = "auto",
         bias: float = 1.0,
         pooling: str | None = None,
+        centring: bool | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
@@ -128,38 +114,38 @@ class KVEmbedder:
         selection: LayerSelectionConfig | None = None,
         show_progress_bar: bool | None = None,
     ) -> None:
-        given = {name: value for name, value in locals().items() if name in SETTINGS}
-        self.config = EmbedderConfig(
-            **{
-                **given,
-                "model": default_model() if model is None else str(model),
-                "layers": layers if isinstance(layers, str) else tuple(layers),
-                "selection": selection or LayerSelectionConfig(),
-                "device": None if device is None else str(device),
-                "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
-            }
+        config = _config(
+            model,
+            {
+                "strategy": strategy,
+                "layers": layers,
+                "bias": bias,
+                "pooling": pooling,
+                "centring": centring,
+                "device": device,
+                "dtype": dtype,
+                "max_length": max_length,
+                "batch_size": batch_size,
+                "max_padding": max_padding,
+                "query_template": query_template,
+                "document_template": document_template,
+                "revision": revision,
+                "trust_remote_code": trust_remote_code,
+                "allow_unverified_architecture": allow_unverified_architecture,
+                "cache_dir": cache_dir,
+                "selection": selection,
+            },
         )
-        self.show_progress_bar = show_progress_bar
-        self._calibration_texts = list(calibration_texts) if calibration_texts is not None else None
-        attached = _ATTACHING.loaded
-        self._loaded: LoadedModel = (
-            attached
-            if attached is not None
-            else load_model(
-                self.config.model,
-                revision=self.config.revision,
-                device=self.config.device,
-                dtype=self.config.dtype,
-                trust_remote_code=self.config.trust_remote_code,
-                allow_unverified_architecture=self.config.allow_unverified_architecture,
-                cache_dir=self.config.cache_dir,
-            )
+        loaded = load_model(
+            config.model,
+            revision=config.revision,
+            device=config.device,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            allow_unverified_architecture=config.allow_unverified_architecture,
+            cache_dir=config.cache_dir,
         )
-        self.max_length = self._resolve_max_length(max_length)
-        self.id_curve: list[float] | None = None
-        self.layers: tuple[int, ...] = self._resolve_layers()
-        if self.layers:
-            self._census()
+        self._start(config, loaded, calibration_texts, show_progress_bar)
 
     @classmethod
     def from_model(
@@ -248,12 +234,43 @@ class KVEmbedder:
         return cls(str(settings.pop("model")), **settings)
 
     @classmethod
-    def _on_loaded(cls, loaded: LoadedModel, model: str, settings: dict[str, Any]) -> KVEmbedder:
-        _ATTACHING.loaded = loaded
-        try:
-            return cls(model, device=loaded.device, dtype=loaded.dtype, **settings)
-        finally:
-            _ATTACHING.loaded = None
+    def _on_loaded(cls, loaded: LoadedModel, model: str, settings: Mapping[str, Any]) -> KVEmbedder:
+        """An embedder on an already-loaded model (``from_model``, ``with_options`` of an attached one)."""
+        given = dict(settings)
+        runtime = {name: given.pop(name) for name in RUNTIME_ARGUMENTS if name in given}
+        unknown = sorted(set(given) - set(SETTINGS[1:]))
+        if unknown:
+            raise TypeError(f"KVEmbedder got unknown settings {unknown}; valid: {[*SETTINGS[1:], *RUNTIME_ARGUMENTS]}.")
+        embedder = cls.__new__(cls)
+        embedder._start(_config(model, {**given, "device": loaded.device, "dtype": loaded.dtype}), loaded, **runtime)
+        return embedder
+
+    def _start(
+        self,
+        config: EmbedderConfig,
+        loaded: LoadedModel,
+        calibration_texts: Sequence[str] | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> None:
+        """Set the engine up on ``loaded``: max_length, its input stage, its layers and its forward pass."""
+        self.config = config
+        self.show_progress_bar = show_progress_bar
+        self._calibration_texts = list(calibration_texts) if calibration_texts is not None else None
+        self._loaded = loaded
+        self.max_length = _max_length(config.max_length, loaded.context_size, config.model)
+        self._inputs = InputStage(loaded.tokenizer, config, self.max_length)
+        self._forward = ForwardPass.of(loaded, config)
+        self.layers, selection = layer_selection.resolve_layers(config, loaded.num_layers, self.select_layers)
+        self.id_curve = None if selection is None else list(selection.id_curve)
+        self._forward = self._forward.rerouting(self.layers)
+        cache = layer_selection.cache_directory(config.cache_dir)
+        self._centring = Centring(cache, lambda: self.identity, self._uncentred) if config.centring_mode else None
+        if self.layers:  # refuse a model whose selected layers do not route through our attention function
+            self._forward.check_routing(self._inputs.tokenize(["census"], "document")[0])
+
+    def _uncentred(self) -> Callable[[list[str]], np.ndarray]:
+        """Embeds documents as this engine does but without centring (for the calibration mean)."""
+        return self.with_options(centring=False, show_progress_bar=False).encode_document
 
     # ----------------------------------------------------------------------------------- properties
     @property
@@ -344,39 +361,7 @@ class KVEmbedder:
             return KVEmbedder._on_loaded(self._loaded, model, kwargs)
         return KVEmbedder(model, **kwargs)
 
-    # ------------------------------------------------------------------------------------ set-up
-    def _resolve_max_length(self, requested: int | None) -> int:
-        context = self._loaded.context_size
-        if requested is None:
-            return min(DEFAULT_MAX_LENGTH, context) if context else DEFAULT_MAX_LENGTH
-        if context and requested > context:
-            raise ConfigError(
-                f"max_length={requested} exceeds the context size of {self.config.model!r} "
-                f"({context} tokens, max_position_embeddings); use max_length <= {context}."
-            )
-        return requested
-
-    def _resolve_layers(self) -> tuple[int, ...]:
-        if not self.config.spec.reroute:
-            if self.config.layers != "auto":
-                logger.info("strategy=%r does not re-route; layers=%s is ignored.", self.strategy, self.config.layers)
-            return ()
-        num_layers = self._loaded.num_layers
-        if self.config.layers != "auto":
-            chosen = tuple(int(i) for i in self.config.layers)
-            bad = [i for i in chosen if i >= num_layers]
-            if bad:
-                raise ConfigError(
-                    f"layers={list(chosen)}: {bad} out of range; {self.config.model!r} has {num_layers} layers "
-                    f"(valid indices 0..{num_layers - 1})."
-                )
-            return chosen
-        if self.config.selection.rule == "middle":
-            return layer_selection.middle_window(num_layers, self.config.selection)
-        selection = self.select_layers()
-        self.id_curve = list(selection.id_curve)
-        return selection.layers
-
+    # ------------------------------------------------------------------------------- layer selection
     def select_layers(self) -> layer_selection.LayerSelection:
         """Run (or read from the cache) the paper's intrinsic-dimension layer selection (docs/method.md).
 
@@ -386,50 +371,41 @@ class KVEmbedder:
         Returns:
             The selection, with the per-layer ID curve (index ``l`` = the input of decoder layer ``l``).
         """
-        # The curve and its window do not depend on the rule's choice or the middle rule's position.
-        rule = dataclasses.replace(self.config.selection, rule="intrinsic-dimension", position=0.5)
-        texts = self._calibration_texts or default_calibration_texts(rule.num_calibration_texts)
-        self._check_texts(texts)
-        template = self.config.template("document")
-        cache_dir = layer_selection.cache_directory(self.config.cache_dir)
-        key = layer_selection.selection_cache_key(self._loaded.fingerprint(), template, texts, rule, str(self.dtype))
-        cached = layer_selection.load_cached_selection(cache_dir, key)
-        if cached is not None:
-            logger.info("Layers %s for %s from the cache %s", list(cached.layers), self.config.model, cache_dir)
-            return cached
-        logger.info("Selecting layers of %s over %d calibration texts (once per model)", self.config.model, len(texts))
-        units = self._units(texts, "document", overflow="truncate")
-        num_layers = self._loaded.num_layers
-        states: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
-        lengths = [len(unit.ids) for unit in units]
-        batches = length_batches(lengths, rule.calibration_batch_size, self.config.max_padding)
-        for batch in tqdm(batches, desc="Selecting layers (intrinsic dimension)", disable=self._bar_disabled(None)):
-            input_ids, last_index = self._pad([units[i].ids for i in batch])
-            with torch.inference_mode():
-                out = self.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
-            rows = torch.arange(len(batch), device=input_ids.device)
-            for layer in range(num_layers):
-                # hidden_states[l] is the input of decoder layer l: what its re-routed key/value project from.
-                states[layer].append(out.hidden_states[layer][rows, last_index].float().cpu())
-        curve = tuple(layer_selection.twonn_dimension(torch.cat(s)) for s in states)
-        selection = layer_selection.LayerSelection(layer_selection.select_window(curve, rule), curve, len(texts))
-        path = layer_selection.save_cached_selection(cache_dir, key, selection, self.config.model)
-        logger.info("Selected layers %s of %s (cached in %s)", list(selection.layers), self.config.model, path)
-        return selection
-
-    def _census(self) -> None:
-        """Refuse to run if any selected layer does not route through our attention function."""
-        ids = self.tokenizer(self.config.template("document").format(text="census"))["input_ids"]
-        self._forward([ids])
+        return layer_selection.select_layers(
+            self.config,
+            self._loaded.fingerprint(),
+            self.dtype,
+            self._calibration_texts,
+            self._inputs,
+            self._forward,
+            progress=self.show_progress_bar,
+        )
 
     # ---------------------------------------------------------------------------------- tokenising
     def format(self, text: str, prompt_name: str = "document") -> str:
         """``text`` wrapped in the ``prompt_name`` side's template."""
-        return self.config.template(prompt_name).format(text=text)
+        return self._inputs.format(text, prompt_name)
 
     def count_tokens(self, text: str, prompt_name: str = "document") -> int:
         """Number of tokens of ``text`` with its template applied (special tokens included)."""
-        return len(self.tokenizer(self.format(text, prompt_name))["input_ids"])
+        return self._inputs.count(text, prompt_name)
+
+    def tokenize(self, texts: str | Sequence[str], prompt_name: str | None = None) -> list[TokenizedText]:
+        """Texts wrapped in a side's template and tokenised, once: what :meth:`encode_tokenized` embeds.
+
+        A caller that needs token counts before embedding (the server's limits and batching) counts these and
+        embeds them, instead of tokenising each text twice.
+
+        Args:
+            texts: A string or a sequence of strings (non-empty, not whitespace-only).
+            prompt_name: ``"query"`` or ``"document"`` (``None``: the document side), as in :meth:`encode`.
+
+        Returns:
+            One :class:`~kvemb_rag.engine.inputs.TokenizedText` per text, in order; ``len(t.ids)`` is its
+            :meth:`count_tokens`.
+        """
+        items = check_texts([texts] if isinstance(texts, str) else list(texts))
+        return self._inputs.tokenize(items, side_of(prompt_name))
 
     def chunk(
         self, text: str, prompt_name: str = "document", overlap: int = 0, *, max_tokens: int | None = None
@@ -444,127 +420,25 @@ class KVEmbedder:
                 Retrieval stores use smaller chunks than the engine can embed (see ``KVStore(chunk_size=)``).
 
         Returns:
-            Chunks with their character spans in ``text``; ``[]`` for an empty or whitespace-only text.
+            Chunks with their character spans in ``text`` and their token ids (:attr:`Chunk.tokens`, embedded
+            as they are by :meth:`encode_tokenized`); ``[]`` for an empty or whitespace-only text.
 
         Raises:
             ValueError: ``max_tokens`` is not an int between the template's own length + 1 and
                 :attr:`max_length`.
         """
-        self.config.template(prompt_name)  # validates `prompt_name`
-        budget = self.max_length if max_tokens is None else max_tokens
-        floor = self.count_tokens("", prompt_name) + 1
-        if isinstance(budget, bool) or not isinstance(budget, int) or not floor <= budget <= self.max_length:
-            raise ConfigError(
-                f"max_tokens={max_tokens!r}: a chunk must hold the {prompt_name} template ({floor - 1} tokens) and "
-                f"some text, and fit the engine's max_length; use an int in [{floor}, {self.max_length}]."
-            )
-        return chunk_text(
-            text,
-            tokenizer=self.tokenizer,
-            max_tokens=budget,
-            count_tokens=lambda piece: self.count_tokens(piece, prompt_name),
-            overlap=overlap,
-        )
-
-    def _tokenize(self, texts: list[str], prompt: str) -> tuple[list[list[int]], list[list[int] | None]]:
-        template = self.config.template(prompt)
-        formatted = [template.format(text=t) for t in texts]
-        echo = self.config.pooling_mode == "echo"
-        enc = self.tokenizer(formatted, add_special_tokens=True, return_offsets_mapping=echo)
-        ids: list[list[int]] = enc["input_ids"]
-        if not echo:
-            return ids, [None] * len(ids)
-        head, middle, _ = (part.replace("{{", "{").replace("}}", "}") for part in template.split("{text}"))
-        masks: list[list[int] | None] = []
-        for text, offsets in zip(texts, enc["offset_mapping"], strict=True):
-            start = len(head) + len(text) + len(middle)  # the second copy (docs/method.md, "Baselines")
-            end = start + len(text)
-            masks.append([int(e > s and s < end and e > start) for s, e in offsets])
-        return ids, masks
-
-    def _units(self, texts: list[str], prompt: str, overflow: str) -> list[_Unit]:
-        ids, masks = self._tokenize(texts, prompt)
-        units: list[_Unit] = []
-        too_long = [i for i, row in enumerate(ids) if len(row) > self.max_length]
-        if too_long and overflow == "error":
-            shown = ", ".join(f"#{i} ({len(ids[i])} tokens)" for i in too_long[:5])
-            raise InputError(
-                f"{len(too_long)} text(s) exceed max_length={self.max_length} tokens with the {prompt} template: "
-                f"{shown}. Use overflow='chunk' (one vector from all chunks) or overflow='truncate', or raise "
-                "max_length."
-            )
-        over = set(too_long)
-        for i, text in enumerate(texts):
-            if i not in over:
-                units.append(_Unit(i, ids[i], masks[i], len(ids[i])))
-                continue
-            chunks = self.chunk(text, prompt)
-            if overflow == "truncate":
-                chunks = chunks[:1]
-                logger.info("Text #%d truncated to its first %d characters.", i, chunks[0].end)
-            piece_ids, piece_masks = self._tokenize([c.text for c in chunks], prompt)
-            units.extend(_Unit(i, p, m, len(p)) for p, m in zip(piece_ids, piece_masks, strict=True))
-        return units
-
-    # ------------------------------------------------------------------------------------ forward
-    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        B = len(rows)
-        T = max(len(r) for r in rows)
-        input_ids = torch.full((B, T), int(self.tokenizer.pad_token_id), dtype=torch.long)  # (B, T)
-        for b, row in enumerate(rows):
-            input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        last_index = torch.tensor([len(r) - 1 for r in rows], dtype=torch.long)  # (B,)
-        return input_ids.to(self.device), last_index.to(self.device)
-
-    def _forward(self, rows: list[list[int]], pool_masks: list[list[int] | None] | None = None) -> torch.Tensor:
-        """Embed padded rows; returns ``(B, H)`` pooled float32 vectors (not normalised)."""
-        input_ids, last_index = self._pad(rows)  # (B, T), (B,)
-        B, T = input_ids.shape
-        positions = torch.arange(T, device=self.device)  # (T,)
-        real = positions[None, :] <= last_index[:, None]  # (B, T)
-        kwargs: dict[str, Any] = {}
-        state = None
-        if self.layers:
-            state = RerouteState(layers=frozenset(self.layers), last_index=last_index, bias=float(self.config.bias))
-            kwargs[STATE_KWARG] = state
-        with torch.inference_mode():
-            # No attention mask: rows are right-padded, so under the causal mask no real token can see a pad;
-            # pads' own states are never pooled. Every unselected layer keeps SDPA's is_causal fast path.
-            out = self.model(input_ids=input_ids, use_cache=False, **kwargs)
-        if state is not None and sorted(set(state.routed)) != list(self.layers):
-            missing = sorted(set(self.layers) - set(state.routed))
-            raise UnsupportedModelError(
-                f"Re-routing did not reach layers {missing} of {self.config.model!r} "
-                f"({type(self.model).__name__}); its attention does not go through transformers' attention "
-                "registry for those layers, so KV-Embedding cannot run on it."
-            )
-        mask = real
-        if pool_masks is not None and self.config.pooling_mode == "echo":
-            mask = torch.zeros(B, T, dtype=torch.bool, device=self.device)  # (B, T)
-            for b, m in enumerate(pool_masks):
-                if m is not None:
-                    mask[b, : len(m)] = torch.tensor(m, dtype=torch.bool)
-        return pool(out.last_hidden_state, mask, last_index, self.config.pooling_mode)  # (B, H)
+        return self._inputs.chunk(text, prompt_name, overlap, max_tokens)
 
     # ------------------------------------------------------------------------------------ encode
-    def _bar_disabled(self, show: bool | None) -> bool | None:
-        show = self.show_progress_bar if show is None else show
-        return None if show is None else not show
-
-    @staticmethod
-    def _check_texts(texts: Sequence[Any]) -> list[str]:
-        checked: list[str] = []
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str: {text!r:.80}. Pass strings only.")
-            checked.append(text)
-        blank = [i for i, t in enumerate(checked) if not t.strip()]
-        if blank:
-            raise InputError(
-                f"texts at indices {blank[:10]}{'...' if len(blank) > 10 else ''} are empty or whitespace-only; "
-                "they carry no content to embed. Filter them out before encoding."
-            )
-        return checked
+    def _check_run(self, overflow: str, batch_size: int | None) -> int:
+        """Validate ``overflow`` and ``batch_size``; returns the batch size in effect."""
+        if overflow not in OVERFLOW_MODES:
+            valid = ", ".join(map(repr, OVERFLOW_MODES))
+            raise ConfigError(f"overflow={overflow!r} is not valid; choose one of {valid}.")
+        size = self.config.batch_size if batch_size is None else batch_size
+        if size < 1:
+            raise ConfigError(f"batch_size={size} must be >= 1.")
+        return size
 
     def encode(
         self,
@@ -609,7 +483,7 @@ class KVEmbedder:
         single = isinstance(texts, str)
         if not single and not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}.")
-        items = self._check_texts([texts] if single else list(texts))
+        items = check_texts([texts] if single else list(texts))
         if prompt is not None:
             if prompt_name is not None:
                 raise ConfigError(f"prompt={prompt!r} and prompt_name={prompt_name!r}: give prompt_name only.")
@@ -620,40 +494,58 @@ class KVEmbedder:
                 stacklevel=2,
             )
             prompt_name = prompt
-        side = "document" if prompt_name is None else prompt_name
-        if side not in PROMPT_NAMES:
-            raise ConfigError(f"prompt_name={prompt_name!r} is not valid; choose one of None, 'query', 'document'.")
-        if overflow not in OVERFLOW_MODES:
-            valid = ", ".join(map(repr, OVERFLOW_MODES))
-            raise ConfigError(f"overflow={overflow!r} is not valid; choose one of {valid}.")
-        size = self.config.batch_size if batch_size is None else batch_size
-        if size < 1:
-            raise ConfigError(f"batch_size={size} must be >= 1.")
+        side = side_of(prompt_name)
+        self._check_run(overflow, batch_size)
+        vectors = self.encode_tokenized(
+            self._inputs.tokenize(items, side),
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            normalize=normalize,
+            overflow=overflow,
+        )
+        return vectors[0] if single else vectors
+
+    def encode_tokenized(
+        self,
+        inputs: Sequence[TokenizedText | Chunk],
+        *,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        normalize: bool = True,
+        overflow: str = "chunk",
+    ) -> np.ndarray:
+        """Embed texts this embedder already tokenised: :meth:`tokenize`'s output or :meth:`chunk`'s chunks.
+
+        Nothing is tokenised again (except to cut an over-long input with ``overflow="chunk"`` or
+        ``"truncate"``); the vectors equal :meth:`encode`'s of the same texts on the same sides. Inputs may mix
+        sides: each carries its own.
+
+        Args:
+            inputs: :class:`~kvemb_rag.engine.inputs.TokenizedText` or :class:`~kvemb_rag.engine.chunking.Chunk`
+                (from :meth:`chunk`) items, made by this embedder.
+            batch_size: Rows per forward pass; default the embedder's.
+            show_progress_bar: Show a progress bar over batches; default the embedder's.
+            normalize: L2-normalise the vectors.
+            overflow: For inputs over :attr:`max_length` tokens: as in :meth:`encode`.
+
+        Returns:
+            ``float32`` array ``(len(inputs), dim)``.
+
+        Raises:
+            TypeError: An item that is neither (its index is named).
+            ValueError: A chunk without tokens (from :func:`~kvemb_rag.engine.chunking.chunk_text`), an unknown
+                ``overflow``, or over-long inputs with ``overflow="error"``.
+        """
+        size = self._check_run(overflow, batch_size)
+        items = [tokens_of(item, i) for i, item in enumerate(inputs)]
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
-
-        units = self._units(items, side, overflow)
-        unit_vectors = torch.empty(len(units), self.dim, dtype=torch.float32)  # (U, H)
-        batches = length_batches([len(unit.ids) for unit in units], size, self.config.max_padding)
-        for batch in tqdm(batches, desc="Encoding", disable=self._bar_disabled(show_progress_bar)):
-            pooled = self._forward([units[i].ids for i in batch], [units[i].pool_mask for i in batch])  # (b, H)
-            unit_vectors[batch] = pooled.cpu()
-
-        groups: dict[int, list[int]] = {}
-        for u, unit in enumerate(units):
-            groups.setdefault(unit.owner, []).append(u)
-        vectors = np.empty((len(items), self.dim), dtype=np.float32)
-        for i, rows in groups.items():
-            if len(rows) == 1:
-                vectors[i] = unit_vectors[rows[0]].numpy()
-            else:
-                chunk_vectors = torch.nn.functional.normalize(unit_vectors[rows], dim=-1)  # (n_chunks, H)
-                vectors[i] = combine_chunk_vectors(chunk_vectors.numpy(), [units[r].weight for r in rows])
-        if normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
-        vectors = vectors.astype(np.float32, copy=False)
-        return vectors[0] if single else vectors
+        units = self._inputs.units(items, overflow)
+        show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
+        pooled = self._forward.pool_units(units, size, show)  # (U, H): the pooled vectors, one per unit
+        if self._centring is not None:
+            pooled = self._centring.apply(pooled)  # (U, H): unit rows less the calibration mean
+        return combine_units(units, pooled, len(items), normalize)  # (n, H)
 
     def encode_query(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """Embed retrieval queries (the query-side template). Same arguments as :meth:`encode`."""
@@ -662,3 +554,30 @@ class KVEmbedder:
     def encode_document(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """Embed documents (the document-side template). Same arguments as :meth:`encode`."""
         return self.encode(texts, prompt_name="document", **kwargs)
+
+
+def _config(model: str | None, settings: Mapping[str, Any]) -> EmbedderConfig:
+    """The validated settings of :class:`KVEmbedder`'s keyword arguments (layers, device and dtype normalised)."""
+    layers, device, dtype = settings.get("layers", "auto"), settings.get("device"), settings.get("dtype")
+    return EmbedderConfig(
+        **{
+            **settings,
+            "model": default_model() if model is None else str(model),
+            "layers": layers if isinstance(layers, str) else tuple(layers),
+            "selection": settings.get("selection") or LayerSelectionConfig(),
+            "device": None if device is None else str(device),
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+        }
+    )
+
+
+def _max_length(requested: int | None, context: int | None, model: str) -> int:
+    """The tokens per forward pass: ``requested`` (at most the model's context), else the default."""
+    if requested is None:
+        return min(DEFAULT_MAX_LENGTH, context) if context else DEFAULT_MAX_LENGTH
+    if context and requested > context:
+        raise ConfigError(
+            f"max_length={requested} exceeds the context size of {model!r} "
+            f"({context} tokens, max_position_embeddings); use max_length <= {context}."
+        )
+    return requested

@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from kvemb_rag.engine.centring import centring_recipe
 from kvemb_rag.engine.config import PRECISION_SETTINGS, VECTOR_SETTINGS, EmbedderConfig
 from kvemb_rag.errors import ConfigError
 
@@ -55,6 +56,8 @@ def identity_of(resolved: EmbedderConfig, weights: str) -> dict[str, Any]:
     identity["layers"] = list(resolved.layers)
     identity["bias"] = float(resolved.bias) if resolved.layers else None
     identity["pooling"] = resolved.pooling_mode
+    # How the centring mean is made, or None (an identity recorded before centring has no entry: None too).
+    identity["centring"] = centring_recipe() if resolved.centring_mode else None
     return identity
 
 
@@ -115,4 +118,5 @@ def settings_from_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
         settings.pop("bias", None)
     if settings.get("pooling") == "echo":  # echo takes no pooling setting
         settings.pop("pooling")
+    settings["centring"] = identity.get("centring") is not None  # absent: recorded before centring existed
     return settings

@@ -4,6 +4,10 @@ For the paper's rule, TwoNN (Facco et al. 2017) estimates the intrinsic dimensio
 states at every layer over prompted calibration texts; the re-routed window starts at the layer of minimal
 ID after the first 20% of layers and spans ``floor(0.1 L)`` more layers. The result depends only on the
 model, the calibration texts, the template and the rule, so it is cached on disk under that identity.
+
+:func:`resolve_layers` turns an embedder's ``layers`` setting into the layers it re-routes; :func:`select_layers`
+runs the paper's calibration (one forward pass per batch of calibration texts, through the engine's input stage
+and forward pass) or reads it from the cache.
 """
 
 from __future__ import annotations
@@ -13,22 +17,34 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from kvemb_rag.engine.config import LayerSelectionConfig
+from kvemb_rag.engine.batching import length_batches
+from kvemb_rag.engine.calibration import default_calibration_texts
+from kvemb_rag.engine.config import EmbedderConfig, LayerSelectionConfig
+from kvemb_rag.engine.inputs import check_texts
 from kvemb_rag.engine.models import cache_directory  # one home for kvemb-rag's cache location
+from kvemb_rag.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kvemb_rag.engine.forward import ForwardPass
+    from kvemb_rag.engine.inputs import InputStage
 
 __all__ = [
     "LayerSelection",
     "cache_directory",
     "load_cached_selection",
     "middle_window",
+    "resolve_layers",
     "save_cached_selection",
+    "select_layers",
     "select_window",
     "selection_cache_key",
     "twonn_dimension",
@@ -201,3 +217,88 @@ def save_cached_selection(cache_dir: Path, key: str, selection: LayerSelection, 
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
     return path
+
+
+def resolve_layers(
+    config: EmbedderConfig, num_layers: int, select: Callable[[], LayerSelection]
+) -> tuple[tuple[int, ...], LayerSelection | None]:
+    """The layers an embedder re-routes: none, the explicit ones, the middle window or the ID selection.
+
+    Args:
+        config: The embedder's settings (``strategy``, ``layers``, ``selection``).
+        num_layers: The model's decoder layers.
+        select: Runs the intrinsic-dimension selection (:func:`select_layers`), called only when the rule is it.
+
+    Returns:
+        The layers, and the selection when one ran (its ``id_curve``), else ``None``.
+
+    Raises:
+        ConfigError: An explicit layer index out of range.
+    """
+    if not config.spec.reroute:
+        if config.layers != "auto":
+            logger.info("strategy=%r does not re-route; layers=%s is ignored.", config.strategy, config.layers)
+        return (), None
+    if config.layers != "auto":
+        chosen = tuple(int(i) for i in config.layers)
+        bad = [i for i in chosen if i >= num_layers]
+        if bad:
+            raise ConfigError(
+                f"layers={list(chosen)}: {bad} out of range; {config.model!r} has {num_layers} layers "
+                f"(valid indices 0..{num_layers - 1})."
+            )
+        return chosen, None
+    if config.selection.rule == "middle":
+        return middle_window(num_layers, config.selection), None
+    selection = select()
+    return selection.layers, selection
+
+
+def select_layers(
+    config: EmbedderConfig,
+    weights: str,
+    dtype: torch.dtype,
+    texts: Sequence[str] | None,
+    inputs: InputStage,
+    forward: ForwardPass,
+    *,
+    progress: bool | None = None,
+) -> LayerSelection:
+    """Run (or read from the cache) the paper's intrinsic-dimension layer selection (docs/method.md).
+
+    Args:
+        config: The embedder's settings (its document template, ``selection`` rule, ``cache_dir``...).
+        weights: The weights' fingerprint (part of the cache key).
+        dtype: The compute dtype (part of the cache key).
+        texts: Calibration texts; default :func:`~kvemb_rag.engine.calibration.default_calibration_texts`.
+        inputs: The embedder's input stage (calibration texts are tokenised, over-long ones truncated).
+        forward: The embedder's forward pass (read at every layer's input, nothing re-routed).
+        progress: Show a progress bar (``None``: on a terminal).
+
+    Returns:
+        The selection, with the per-layer ID curve (index ``l`` = the input of decoder layer ``l``).
+    """
+    # The curve and its window do not depend on the rule's choice or the middle rule's position.
+    rule = replace(config.selection, rule="intrinsic-dimension", position=0.5)
+    texts = list(texts) if texts else default_calibration_texts(rule.num_calibration_texts)
+    check_texts(texts)
+    template = config.template("document")
+    cache_dir = cache_directory(config.cache_dir)
+    key = selection_cache_key(weights, template, texts, rule, str(dtype))
+    cached = load_cached_selection(cache_dir, key)
+    if cached is not None:
+        logger.info("Layers %s for %s from the cache %s", list(cached.layers), config.model, cache_dir)
+        return cached
+    logger.info("Selecting layers of %s over %d calibration texts (once per model)", config.model, len(texts))
+    units = inputs.units(inputs.tokenize(texts, "document"), overflow="truncate")
+    states: list[torch.Tensor] = []  # per batch (L, b, H)
+    batches = length_batches([len(unit.tokens.ids) for unit in units], rule.calibration_batch_size, config.max_padding)
+    disable = None if progress is None else not progress
+    for batch in tqdm(batches, desc="Selecting layers (intrinsic dimension)", disable=disable):
+        states.append(forward.layer_inputs([units[i].tokens.ids for i in batch]))  # (L, b, H)
+    per_layer = torch.cat(states, dim=1)  # (L, N, H)
+    curve = tuple(twonn_dimension(per_layer[layer]) for layer in range(per_layer.shape[0]))
+    selection = LayerSelection(select_window(curve, rule), curve, len(texts))
+    path = save_cached_selection(cache_dir, key, selection, config.model)
+    logger.info("Selected layers %s of %s (cached in %s)", list(selection.layers), config.model, path)
+    return selection

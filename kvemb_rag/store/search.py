@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kvemb_rag.errors import ConfigError
-from kvemb_rag.store.collection_io import _decode_metadata
+from kvemb_rag.store.indexing import decode_metadata
 from kvemb_rag.store.records import Hit
 
 if TYPE_CHECKING:
@@ -58,9 +58,7 @@ class Fusion:
 
     def __post_init__(self) -> None:
         if self.method not in FUSION_METHODS:
-            raise ConfigError(
-                f"Fusion method {self.method!r} is not valid; choose one of {', '.join(FUSION_METHODS)}."
-            )
+            raise ConfigError(f"Fusion method {self.method!r} is not valid; choose one of {', '.join(FUSION_METHODS)}.")
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 <= self.weight <= 1:
             raise ConfigError(f"Fusion weight must be a number in [0, 1] (the dense leg's); got {self.weight!r}.")
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
@@ -137,7 +135,7 @@ def _hit(record_id: str, score: float, text: str | None, stored: Mapping[str, An
         start=int(meta.get("start", 0)),
         end=int(meta.get("end", len(text or ""))),
         text=text or "",
-        metadata=_decode_metadata(meta),
+        metadata=decode_metadata(meta),
         source=str(meta["source"]) if "source" in meta else None,
         id=record_id,
     )

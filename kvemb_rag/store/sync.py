@@ -2,57 +2,47 @@
 
 * :func:`indexing_embedder` picks the embedder to index with: the collection's own (rebuilt from the
   identity it records) when no model is named, so re-indexing needs no flags; else the named model (or
-  :func:`~kvemb_rag.engine.models.default_model`), a local path made absolute by :func:`resolve_model`.
+  :func:`~kvemb_rag.engine.models.default_model`), a local path made absolute by
+  :func:`~kvemb_rag.engine.models.resolve_model`.
 * :func:`sync_sources` synchronises several sources in one run: each source's stored documents become
   exactly the given ones, except that a source given without any document is left as stored (an empty read,
-  e.g. every file skipped, must not wipe it); the chunk overlap defaults to the collection's; progress is
-  reported over all sources together; Ray actors embed when ``ray`` is given.
+  e.g. every file skipped, must not wipe it); the store chooses its embedder by the rule above when it has
+  none or when a model or engine settings are given; the chunk overlap defaults to the collection's;
+  progress is reported over all sources together; Ray actors embed when ``ray`` is given.
 
 Reading files into sources (missing paths, a file reached through two given paths) is
-:func:`kvemb_rag.sources.read_paths`; :func:`kvemb_rag.sources.sync_reads` feeds its reads to
-:func:`sync_sources`.
+:func:`kvemb_rag.sources.read_paths`; :func:`kvemb_rag.sources.index_paths` reads paths and feeds them to
+:func:`sync_sources`: ``kvemb index`` as one call.
 
 Example:
-    >>> from kvemb_rag.store import Document, KVStore, indexing_embedder, sync_sources
+    >>> from kvemb_rag.store import Document, KVStore, sync_sources
     >>> store = KVStore(".kvemb/store")  # doctest: +SKIP
-    >>> store.embedder = indexing_embedder(store, model="Qwen/Qwen3-0.6B")  # doctest: +SKIP
-    >>> sync_sources(store, [("notes", [Document("a.md", "Cats purr.")])]).added  # doctest: +SKIP
+    >>> notes = [Document("a.md", "Cats purr.")]
+    >>> sync_sources(store, [("notes", notes)], model="Qwen/Qwen3-0.6B").added  # doctest: +SKIP
     1
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kvemb_rag.engine.models import default_model, resolve_model
 from kvemb_rag.errors import ConfigError
 from kvemb_rag.store.documents import Document
 from kvemb_rag.store.records import IndexProgress, IndexSummary, ProgressCallback
 
 if TYPE_CHECKING:
     from kvemb_rag.engine.embedder import KVEmbedder
-    from kvemb_rag.store import KVStore
     from kvemb_rag.store.distributed import RayIndexConfig
+    from kvemb_rag.store.indexing import BulkEmbed
+    from kvemb_rag.store.store import KVStore
 
-__all__ = ["embedder_from_identity", "indexing_embedder", "resolve_model", "sync_sources"]
+__all__ = ["embedder_from_identity", "indexing_embedder", "sync_sources"]
 
 logger = logging.getLogger(__name__)
-
-# Synchronises one source: (documents, source, overlap, progress) -> summary.
-_Sync = Callable[[Sequence[Document], str, int, ProgressCallback], IndexSummary]
-
-
-def resolve_model(model: str) -> str:
-    """``model`` as an absolute path when it names an existing local folder or file, else unchanged.
-
-    A collection records the model it was built with; an absolute path keeps that record usable from any
-    working directory. Hub names and bundled model names are returned as given.
-    """
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
 
 
 def embedder_from_identity(identity: Mapping[str, Any], **overrides: Any) -> KVEmbedder:
@@ -80,7 +70,6 @@ def indexing_embedder(store: KVStore, model: str | None = None, **overrides: Any
         :class:`~kvemb_rag.store.EmbedderMismatchError`.
     """
     from kvemb_rag.engine.embedder import KVEmbedder
-    from kvemb_rag.engine.models import default_model
 
     stored = store.identity
     if model is None and stored is not None:
@@ -95,9 +84,11 @@ def sync_sources(
     store: KVStore,
     sources: Iterable[tuple[str, Iterable[Document]]],
     *,
+    model: str | None = None,
     overlap: int | None = None,
     progress: ProgressCallback | None = None,
     ray: RayIndexConfig | None = None,
+    **settings: Any,
 ) -> IndexSummary:
     """Synchronise several sources, in order: each source's stored documents become the given ones.
 
@@ -105,17 +96,19 @@ def sync_sources(
     empty read is more likely a problem, such as every file being unreadable, than a wish to delete).
 
     Args:
-        store: The store, with its :attr:`~kvemb_rag.store.KVStore.embedder` set (see
-            :func:`indexing_embedder`).
+        store: The store. Its :attr:`~kvemb_rag.store.KVStore.embedder` indexes unless it has none or
+            ``model`` / ``settings`` are given: then :func:`indexing_embedder` chooses one, set on the store.
         sources: ``(source label, documents)`` pairs, each as in
             :meth:`~kvemb_rag.store.KVStore.sync_documents`. A document file reached through two sources is
             refused earlier, by :func:`kvemb_rag.sources.read_paths`.
+        model: The model to index with, as in :func:`indexing_embedder`.
         overlap: Token overlap between consecutive chunks; default the collection's recorded overlap, else
             the store's :attr:`~kvemb_rag.store.KVStore.overlap`.
         progress: Called with an :class:`~kvemb_rag.store.IndexProgress` counting over all sources
             (``documents_total`` is the documents of every source).
         ray: Embed with a Ray actor pool (:func:`kvemb_rag.store.distributed.ray_sync_documents`); needs the
             ``ray`` extra.
+        **settings: :class:`~kvemb_rag.KVEmbedder` keyword arguments, as in :func:`indexing_embedder`.
 
     Returns:
         The sum of the sources' summaries (``skipped_files`` empty: readers add theirs).
@@ -127,10 +120,12 @@ def sync_sources(
             another source, a bad ``overlap``...).
     """
     batches = [(source, list(documents)) for source, documents in sources]
+    bulk_embed = _ray_bulk_embed(store.collection_name, ray)  # before the model loads: a missing Ray first
+    if model is not None or settings or store.embedder is None:
+        store.embedder = indexing_embedder(store, model, **settings)
     if overlap is None:
         recorded = store.recorded_overlap
         overlap = store.overlap if recorded is None else recorded
-    sync = _sync_function(store, ray)
     total = sum(len(documents) for _, documents in batches)
     summary = IndexSummary()
     offset = IndexProgress(0, total, 0, 0, 0, 0)  # where the sources already synchronised left the counts
@@ -145,7 +140,8 @@ def sync_sources(
             if progress is not None:
                 progress(latest[0])
 
-        summary = summary + sync(documents, source, overlap, report)
+        synced = store.sync_documents(documents, source=source, overlap=overlap, progress=report, bulk_embed=bulk_embed)
+        summary = summary + synced
         done = latest[0]  # every chunk this source needed is embedded now
         offset = replace(
             done, documents_done=offset.documents_done + len(documents), chunks_to_embed=done.chunks_embedded
@@ -165,24 +161,16 @@ def _after(base: IndexProgress, event: IndexProgress) -> IndexProgress:
     )
 
 
-def _sync_function(store: KVStore, config: RayIndexConfig | None) -> _Sync:
-    """``sync(documents, source, overlap, progress) -> IndexSummary``, in this process or on Ray actors."""
+def _ray_bulk_embed(collection: str, config: RayIndexConfig | None) -> BulkEmbed | None:
+    """Embedding on Ray actors (:func:`kvemb_rag.store.distributed.ray_bulk_embed`), or ``None`` without ``config``."""
     if config is None:
-
-        def local(docs: Sequence[Document], source: str, overlap: int, progress: ProgressCallback) -> IndexSummary:
-            return store.sync_documents(docs, source=source, overlap=overlap, progress=progress)
-
-        return local
+        return None
     try:
         import ray.data  # noqa: F401
 
-        from kvemb_rag.store.distributed import ray_sync_documents
+        from kvemb_rag.store.distributed import ray_bulk_embed
     except ImportError as exc:
         raise ConfigError(
             f'Indexing with Ray needs Ray Data ({exc.name} is missing): pip install "kvemb-rag[ray]".'
         ) from exc
-
-    def on_ray(docs: Sequence[Document], source: str, overlap: int, progress: ProgressCallback) -> IndexSummary:
-        return ray_sync_documents(store, docs, source=source, config=config, overlap=overlap, progress=progress)
-
-    return on_ray
+    return ray_bulk_embed(collection, config)

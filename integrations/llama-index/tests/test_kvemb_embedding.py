@@ -65,7 +65,7 @@ def test_model_name_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVEMB_MODEL", str(TINY_MODEL))
     assert KVEmbedding().model_name == str(TINY_MODEL)
     monkeypatch.delenv("KVEMB_MODEL")
-    assert KVEmbedding().model_name == "smollm2-135m-instruct"
+    assert KVEmbedding().model_name == "gemma-3-270m"
 
 
 @pytest.mark.parametrize(

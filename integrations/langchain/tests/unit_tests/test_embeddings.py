@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,13 @@ class TestKVEmbeddingsStandard(EmbeddingsUnitTests):
         return {"KVEMB_MODEL": TINY_MODEL}, {"max_length": 512}, {"model": TINY_MODEL, "max_length": 512}
 
 
+def test_import_loads_no_torch() -> None:
+    """Importing the package (and constructing nothing) leaves torch unloaded: it loads with an engine."""
+    code = "import sys, langchain_kvemb; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_construction_is_lazy_and_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = record_model_loads(monkeypatch)
     # A hub name that cannot be reached here: construction must still succeed, since nothing is fetched.
@@ -58,7 +67,7 @@ def test_defaults_and_fields() -> None:
 
 def test_model_defaults_to_the_bundled_model_without_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KVEMB_MODEL", raising=False)
-    assert KVEmbeddings().model == "smollm2-135m-instruct"
+    assert KVEmbeddings().model == "gemma-3-270m"
 
 
 @pytest.mark.parametrize(
