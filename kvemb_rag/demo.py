@@ -9,7 +9,7 @@
 5. Answers a question with the retrieved chunks' own sentences, the ones the embedder finds closest to the
    question (:func:`grounded_answer`), each cited with its document and character span.
 6. Only when ``$KVEMB_DEMO_GENERATE=1``: also generates an answer with the same model (:func:`answer`),
-   labelled as such. Off by default: the bundled 135M model's answers do not stay on the passages
+   labelled as such. Off by default: SmolLM2-135M's answers did not stay on the passages
    (``benchmarks/demo_answers.py`` measures it).
 
 The store goes to ``$KVEMB_DEMO_STORE`` when set. The model is ``$KVEMB_MODEL``, else the bundled default
@@ -409,7 +409,7 @@ def main() -> None:
     else:
         console.print(
             f"[dim]{GENERATE_ENV}=1 also generates an answer with the model from these chunks "
-            "(off by default: the bundled 135M model's answers stray from the sources).[/dim]"
+            "(off by default: small models' answers stray from the sources).[/dim]"
         )
 
 
